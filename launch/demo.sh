@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs the project into .venv, trains the embedded default (moving MNIST
+# digits, CPU, about 10 minutes on 2 cores) and samples from it.
+# Rerunning resumes from the last checkpoint in $WORKDIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+WORKDIR=${WORKDIR:-runs/moving_digits}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+.venv/bin/python -m pflow_jax.train --config=configs/moving_digits.py --workdir="$WORKDIR" "$@"
+.venv/bin/python -m pflow_jax.sample --workdir="$WORKDIR" --prompt "a 3 moving left" \
+    --num_samples 4 --out "$WORKDIR/samples/a_3_moving_left.mp4"

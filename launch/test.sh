@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Installs the project into .venv and runs the default (fast) test suite.
+# Slow tests: .venv/bin/python -m pytest -m slow
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -r requirements-test.txt
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,34 @@
+r"""Trains a pyramidal-flow DiT.
+
+  python -m pflow_jax.train --config=configs/moving_digits.py --workdir=runs/digits \
+      [--config.train.num_steps=2000 --config.pyramid.stages=1 ...]
+
+Rerunning the same command resumes from the last complete checkpoint in
+--workdir. SIGTERM/SIGINT save a checkpoint and exit.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from pflow_jax import distributed
+from pflow_jax.training import checkpoint, loop
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, samples.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  distributed.initialize()
+  try:
+    loop.train(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
+    logging.error('%s', e)
+    raise SystemExit(f'error: {e}') from None
+
+
+if __name__ == '__main__':
+  app.run(main)

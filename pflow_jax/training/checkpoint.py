@@ -1,0 +1,117 @@
+"""Orbax checkpoints: train state + resolved config + data-iterator state.
+
+Each step directory holds three items: `state` (the sharded pytree), `config`
+(JSON) and `data` (the input iterator's JSON state), so a rerun of the same
+command resumes at exactly the next batch. Only committed steps are ever
+listed by orbax; an interrupted save is invisible and the previous step is
+used. A listed step that cannot be restored raises `CheckpointError`: we never
+silently start again from scratch.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint exists but cannot be restored into the current run."""
+
+
+def _abstract(tree: Any) -> Any:
+  """ShapeDtypeStructs carrying the shardings the restored arrays must have."""
+
+  def one(x):
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return x
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+
+  return jax.tree.map(one, tree)
+
+
+def _pytree_restore(target: Any, partial: bool = False) -> ocp.args.PyTreeRestore:
+  abstract = _abstract(target)
+  return ocp.args.PyTreeRestore(
+      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+      partial_restore=partial)
+
+
+class Checkpointer:
+  """Saves and restores (state, data state, config) under `workdir/checkpoints`."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        item_names=('state', 'data', 'config'),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
+    )
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: dict, config: dict) -> None:
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeSave(state),
+        data=ocp.args.JsonSave(data_state),
+        config=ocp.args.JsonSave(config)), force=True)
+
+  def restore(self, step: int, target: Any) -> tuple[Any, dict, dict]:
+    """Restores step `step` into the shapes, dtypes and shardings of `target`.
+
+    `target` is a pytree of arrays or ShapeDtypeStructs (with shardings); the
+    checkpoint may come from another mesh. Any missing or extra key, or a shape
+    mismatch, raises CheckpointError naming the step directory.
+    """
+    path = os.path.join(self.directory, str(step))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=_pytree_restore(target),
+          data=ocp.args.JsonRestore(),
+          config=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises many types; all mean "cannot resume".
+      raise CheckpointError(
+          f'cannot restore checkpoint {path} into this run ({type(e).__name__}: {e}). '
+          'It is corrupt or was written by an incompatible config; use another '
+          '--workdir or delete that step directory to fall back to an earlier one.') from e
+    _check_same_structure(target, restored.state, path)
+    return restored.state, dict(restored.data), dict(restored.config)
+
+  def restore_subtree(self, step: int, target: dict) -> dict:
+    """Restores only the top-level state fields in `target` (e.g. {'ema_params': ...}),
+    reading nothing else: sampling needs no optimizer state."""
+    path = os.path.join(self.directory, str(step))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=_pytree_restore(target, partial=True)))
+    except Exception as e:  # orbax raises many types; all mean "cannot restore".
+      raise CheckpointError(f'cannot restore {sorted(target)} from checkpoint {path} '
+                            f'({type(e).__name__}: {e})') from e
+    _check_same_structure(target, restored.state, path)
+    return restored.state
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def _check_same_structure(target: Any, restored: Any, path: str) -> None:
+  want = jax.tree.structure(target)
+  got = jax.tree.structure(restored)
+  if want != got:
+    raise CheckpointError(f'checkpoint {path} has a different state structure than this '
+                          f'config:\n  expected {want}\n  found    {got}')
+  for a, b in zip(jax.tree.leaves(target), jax.tree.leaves(restored)):
+    if a.shape != b.shape or a.dtype != b.dtype:
+      raise CheckpointError(f'checkpoint {path}: array {b.shape} {b.dtype} where this '
+                            f'config expects {a.shape} {a.dtype}')

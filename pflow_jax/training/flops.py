@@ -1,0 +1,58 @@
+"""Analytic FLOP counts of the DiT (matmuls and attention; elementwise ops ignored).
+
+Training FLOPs are 3x the forward (the maxtext/maxdiffusion MFU definition).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ml_collections
+
+from pflow_jax import config as config_lib
+
+
+def dit_forward_flops(model: ml_collections.ConfigDict, video_tokens: int,
+                      text_tokens: int, mlp_ratio: int = 4) -> float:
+  """Forward FLOPs of one sample through the MM-DiT.
+
+  Per block and stream: qkv (3), attention output (1) and MLP (2 x mlp_ratio)
+  projections of D x D, i.e. 2 * (4 + 2 * mlp_ratio) * D^2 FLOPs per token;
+  the last block's text stream only projects qkv. Joint attention over
+  L = video + text tokens costs 2 * 2 * L^2 * D (scores and weighted sum).
+  """
+  d = model.num_attention_heads * model.attention_head_dim
+  per_token = 2 * (4 + 2 * mlp_ratio) * d * d
+  layers = model.num_layers
+  blocks = layers * video_tokens * per_token
+  blocks += (layers - 1) * text_tokens * per_token + text_tokens * 2 * 3 * d * d
+  attention = layers * 4 * (video_tokens + text_tokens) ** 2 * d
+  patch = model.patch_size ** 2 * model.in_channels
+  io = 2 * video_tokens * patch * d * 2 + 2 * text_tokens * model.joint_attention_dim * d
+  return float(blocks + attention + io)
+
+
+def stage_video_tokens(config: ml_collections.ConfigDict) -> list[int]:
+  """Video tokens per sample at each pyramid stage, low -> high resolution."""
+  t, h, w = config_lib.latent_size(config)
+  p = config.model.patch_size
+  k = config.pyramid.stages
+  return [t * (h // 2 ** (k - 1 - s) // p) * (w // 2 ** (k - 1 - s) // p) for s in range(k)]
+
+
+def train_step_flops(config: ml_collections.ConfigDict) -> float:
+  """FLOPs of one training step (global batch, 3x forward), stages mixed per column."""
+  ratios = list(config.pyramid.sample_ratios)
+  per_column = config.data.global_batch_size // sum(ratios)
+  text = config.text.max_length
+  return sum(3 * per_column * r * dit_forward_flops(config.model, tokens, text)
+             for r, tokens in zip(ratios, stage_video_tokens(config)))
+
+
+def sample_flops(config: ml_collections.ConfigDict, steps_per_stage: Sequence[int],
+                 num_samples: int, guidance: bool = True) -> float:
+  """FLOPs of sampling `num_samples` videos (CFG doubles the batch)."""
+  text = config.text.max_length
+  batch = num_samples * (2 if guidance else 1)
+  return sum(batch * n * dit_forward_flops(config.model, tokens, text)
+             for n, tokens in zip(steps_per_stage, stage_video_tokens(config)))

@@ -1,0 +1,84 @@
+"""Train state, optimizer, and their shardings over a mesh."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from pflow_jax.models.flow_model import FlowModel
+from pflow_jax.parallel import rules
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step reads and writes; checkpointed as one pytree."""
+  step: jax.Array          # int32 scalar: number of completed steps
+  params: nnx.State        # fp32 master weights
+  opt_state: Any
+  ema_params: nnx.State
+
+
+def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW with linear warm-up to a constant rate and global-norm clipping (official recipe)."""
+  lr = optax.join_schedules(
+      [optax.linear_schedule(0.0, optim.lr, max(optim.warmup_steps, 1)),
+       optax.constant_schedule(optim.lr)], [max(optim.warmup_steps, 1)])
+  return optax.chain(
+      optax.clip_by_global_norm(optim.clip_grad),
+      optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                  weight_decay=optim.weight_decay))
+
+
+def abstract_model(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.State]:
+  """Graph definition and abstract (shape-only) parameters; nothing is allocated."""
+  model = nnx.eval_shape(lambda: FlowModel(config, rngs=nnx.Rngs(config.seed)))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  if jax.tree.leaves(rest):
+    raise ValueError(f'FlowModel holds non-parameter state, which the trainer does not '
+                     f'handle: {rest}')
+  return graphdef, params
+
+
+def state_shardings(config: ml_collections.ConfigDict, mesh: Mesh,
+                    tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+  """(graphdef, abstract TrainState, TrainState of NamedShardings) for `mesh`.
+
+  Parameter shardings come from the logical axis names on each parameter and
+  the config's rules table; optimizer moments follow their parameters; scalars
+  (step, counts) are replicated.
+  """
+  graphdef, params = abstract_model(config)
+  param_sh = rules.state_shardings(params, mesh, config.rules)
+  replicated = NamedSharding(mesh, P())
+  opt_abstract = jax.eval_shape(tx.init, params)
+  opt_sh = optax.tree_map_params(
+      tx, lambda _, sharding: sharding, opt_abstract, param_sh,
+      transform_non_params=lambda _: replicated,
+      is_leaf=lambda x: isinstance(x, NamedSharding))
+  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                        opt_state=opt_abstract, ema_params=params)
+  shardings = TrainState(step=replicated, params=param_sh, opt_state=opt_sh,
+                         ema_params=param_sh)
+  return graphdef, abstract, shardings
+
+
+def init_state(config: ml_collections.ConfigDict, mesh: Mesh,
+               tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
+  """Initialises parameters directly into their shardings (no host copy)."""
+
+  def init():
+    model = FlowModel(config, rngs=nnx.Rngs(config.seed))
+    params = nnx.state(model, nnx.Param)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params),
+                      ema_params=jax.tree.map(jnp.copy, params))
+
+  with jax.set_mesh(mesh):
+    return jax.jit(init, out_shardings=shardings)()

@@ -1,0 +1,97 @@
+"""The jitted, sharded training step: pyramid flow loss, AdamW, EMA."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from pflow_jax import config as config_lib
+from pflow_jax.models.latent_codec import LatentCodec
+from pflow_jax.parallel import rules
+from pflow_jax.pyramid import flow, schedule as schedule_lib
+from pflow_jax.training.state import TrainState
+
+Batch = dict[str, jax.Array]
+
+
+def batch_latents(batch: Batch, codec: LatentCodec) -> jax.Array:
+  """Latents of a batch: pre-extracted ('latents') or encoded from uint8 'video'."""
+  if 'latents' in batch:
+    return batch['latents'].astype(jnp.float32)
+  video = batch['video'].astype(jnp.float32) / 127.5 - 1.0
+  return codec.encode(video)
+
+
+def make_loss_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
+                 codec: LatentCodec) -> Callable[..., tuple[jax.Array, dict]]:
+  """loss_fn(params, batch, rng) -> (loss, aux): the pure objective of one step."""
+  schedule = schedule_lib.make_schedule(
+      stages=config.pyramid.stages, stage_range=config.pyramid.stage_range,
+      gamma=config.pyramid.gamma, shift=config.pyramid.shift,
+      num_train_timesteps=config.pyramid.num_train_timesteps)
+  _, h, w = config_lib.latent_size(config)
+  sample_ratios = tuple(config.pyramid.sample_ratios)
+
+  def loss_fn(params: nnx.State, batch: Batch, rng: jax.Array):
+    model = nnx.merge(graphdef, params)
+    drop_rng, flow_rng = jax.random.split(rng)
+    with rules.use_rules(config.rules):
+      latents = rules.constrain(batch_latents(batch, codec),
+                                ('batch', None, None, None, None))
+      text = model.encode_text(batch, drop_rng=drop_rng,
+                               drop_prob=config.pyramid.text_dropout)
+      velocity_fn = functools.partial(model.velocity, full_size=(h, w))
+      return flow.pyramid_flow_loss(velocity_fn, latents, text, flow_rng, schedule,
+                                    sample_ratios)
+
+  return loss_fn
+
+
+def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
+                    codec: LatentCodec, tx: optax.GradientTransformation):
+  """train_step(state, batch) -> (state, metrics), not yet jitted.
+
+  The step's randomness is a function of (seed, step) only, so a resumed run
+  draws exactly what an uninterrupted one would.
+  """
+  loss_fn = make_loss_fn(config, graphdef, codec)
+  ema_decay = config.optim.ema_decay
+  base_key = jax.random.key(config.seed)
+
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    rng = jax.random.fold_in(base_key, state.step)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                       state.ema_params, params)
+    metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads)}
+    for k, stage_loss in enumerate(aux['loss_per_stage']):
+      metrics[f'loss_stage{k}'] = stage_loss
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                      ema_params=ema), metrics
+
+  return train_step
+
+
+def batch_sharding(mesh: Mesh, config: ml_collections.ConfigDict, ndim: int) -> NamedSharding:
+  """Leading (batch) dimension over the config's batch mesh axes, rest replicated."""
+  spec = rules.logical_to_spec(('batch',) + (None,) * (ndim - 1), config.rules, mesh)
+  return NamedSharding(mesh, spec)
+
+
+def jit_train_step(train_step, mesh: Mesh, config: ml_collections.ConfigDict,
+                   state_shardings: TrainState, batch_example: dict[str, Any]):
+  """The step jitted with explicit in/out shardings and the state donated."""
+  batch_sh = {k: batch_sharding(mesh, config, v.ndim) for k, v in batch_example.items()}
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(train_step, in_shardings=(state_shardings, batch_sh),
+                 out_shardings=(state_shardings, replicated), donate_argnums=(0,))
