@@ -1,0 +1,1 @@
+"""Datasets (tfds ArrayRecord builders, no TensorFlow), grain input pipelines, video files."""

@@ -1,0 +1,161 @@
+"""Input pipeline: tfds ArrayRecord source -> grain -> local numpy batches -> global jax.Arrays.
+
+Each process reads its own contiguous, equal-sized shard of the records
+(disjoint across processes), shuffles it per epoch with the given seed, and
+yields local batches of `global_batch_size // process_count` examples.
+The iterator's state is a small JSON dict, checkpointed with the model, so a
+restarted run continues at exactly the next batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from etils import epath
+import grain
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from pflow_jax.parallel import rules as rules_lib
+
+Batch = dict[str, np.ndarray]
+
+
+def load_source(dataset_dir: str, split: str):
+  """Random-access source of one split of a tfds dataset directory (no TF needed).
+
+  `dataset_dir` is the versioned directory holding dataset_info.json. Raises
+  FileNotFoundError naming it when missing, ValueError for an unknown or empty split.
+  """
+  path = epath.Path(dataset_dir)
+  if not (path / 'dataset_info.json').exists():
+    raise FileNotFoundError(f'no dataset at {dataset_dir} (no dataset_info.json there)')
+  builder = tfds.builder_from_directory(path)
+  splits = sorted(builder.info.splits.keys())
+  if split not in splits:
+    raise ValueError(f'dataset {dataset_dir} has no split {split!r}; it has {splits}')
+  source = builder.as_data_source(split)
+  if len(source) == 0:
+    raise ValueError(f'split {split!r} of dataset {dataset_dir} is empty')
+  return source
+
+
+def _describe(source) -> str:
+  info = getattr(source, 'dataset_info', None)  # tfds sources know their directory
+  if info is not None:
+    return f'split {source.split!r} of dataset {info.data_dir}'
+  return f'data source {type(source).__name__}'
+
+
+def video_to_float(video):
+  """uint8 video (numpy or jax) -> float32 in [-1, 1]."""
+  return video.astype(np.float32) / 127.5 - 1.0
+
+
+class BatchIterator:
+  """Iterator of local batches whose position can be saved and restored.
+
+  The state records the parameters that decide the batch sequence; restoring a
+  state made with different ones raises instead of silently yielding other data.
+  """
+
+  def __init__(self, dataset: grain.IterDataset, signature: dict[str, Any]):
+    self._iterator = iter(dataset)
+    self._signature = signature
+
+  def __iter__(self) -> Iterator[Batch]:
+    return self
+
+  def __next__(self) -> Batch:
+    return next(self._iterator)
+
+  def get_state(self) -> dict[str, Any]:
+    return {'position': self._iterator.get_state(), **self._signature}
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    changed = {k: (state.get(k), v) for k, v in self._signature.items() if state.get(k) != v}
+    if changed or 'position' not in state:
+      details = ', '.join(f'{k}: saved {a!r}, now {b!r}' for k, (a, b) in changed.items())
+      raise ValueError('data iterator state does not match this pipeline '
+                       f'({details or "no position"}); resuming would read different data')
+    self._iterator.set_state(dict(state['position']))
+
+
+def make_iterator(source, *, global_batch_size: int, seed: int, shuffle: bool = True,
+                  num_epochs: int | None = None, process_index: int | None = None,
+                  process_count: int | None = None,
+                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                  num_threads: int = 2, prefetch_batches: int = 4) -> BatchIterator:
+  """Local batches (dicts of numpy arrays) of this process's shard of `source`.
+
+  Args:
+    source: random-access source (`len`, `[i]`), e.g. from `load_source`.
+    global_batch_size: examples per step over all processes.
+    seed: shuffle seed; each epoch is shuffled differently, deterministically.
+    shuffle: shuffle records (else read in order).
+    num_epochs: passes over the shard; None repeats forever. Batches may span
+      epoch boundaries; only the final incomplete batch is dropped.
+    process_index, process_count: this process's shard; default to jax's.
+    transform: applied to each record before batching.
+    num_threads: reader threads (0 reads in the calling thread).
+    prefetch_batches: batches read ahead.
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} is not in [0, process_count '
+                     f'{process_count})')
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(f'global_batch_size {global_batch_size} must be a positive multiple '
+                     f'of the process count {process_count}')
+  if num_epochs is not None and num_epochs < 1:
+    raise ValueError(f'num_epochs must be >= 1 or None (forever), got {num_epochs}')
+  local_batch_size = global_batch_size // process_count
+  num_records = len(source)
+  if num_records == 0:
+    raise ValueError(f'{_describe(source)} is empty')
+  per_process = num_records // process_count
+  if per_process < local_batch_size:
+    raise ValueError(f'{_describe(source)} has {num_records} records, {per_process} per '
+                     f'process for {process_count} processes: fewer than the local batch '
+                     f'size {local_batch_size}, so no full batch can be formed')
+
+  start = process_index * per_process
+  ds = grain.MapDataset.source(source)[start:start + per_process]
+  if shuffle:
+    ds = ds.shuffle(seed=seed)  # before repeat: every epoch gets its own order
+  ds = ds.repeat(num_epochs)
+  if transform is not None:
+    ds = ds.map(transform)
+  ds = ds.batch(local_batch_size, drop_remainder=True)
+  read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_batches)
+  signature = dict(seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                   global_batch_size=global_batch_size, process_count=process_count,
+                   num_records=num_records)
+  return BatchIterator(ds.to_iter_dataset(read), signature)
+
+
+def to_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh,
+                    spec: rules_lib.Rules | Callable[[np.ndarray], PartitionSpec]
+                    ) -> dict[str, jax.Array]:
+  """Assembles every process's local batch into global arrays sharded over `mesh`.
+
+  `spec` is either a logical-axis rules table (the leading dimension is the
+  logical 'batch' axis, the rest replicated, as the jitted train step expects)
+  or a function from a local array to its PartitionSpec.
+  """
+  out = {}
+  for name, value in local_batch.items():
+    value = np.asarray(value)
+    if value.dtype.kind not in 'biuf' or value.ndim == 0:
+      raise ValueError(f'batch field {name!r} ({value.dtype}, shape {value.shape}) cannot be '
+                       'a batch-sharded array; drop or encode it in the transform')
+    if callable(spec):
+      pspec = spec(value)
+    else:
+      pspec = rules_lib.logical_to_spec(('batch',) + (None,) * (value.ndim - 1), spec, mesh)
+    out[name] = jax.make_array_from_process_local_data(NamedSharding(mesh, pspec), value)
+  return out
