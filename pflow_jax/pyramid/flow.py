@@ -1,0 +1,176 @@
+"""Spatial-pyramid flow matching: multi-resolution latents, stage endpoints, the loss.
+
+Follows the official add_pyramid_noise / get_pyramid_latent / calculate_loss
+(pyramid_dit/pyramid_dit_for_video_gen_pipeline.py), channels-last
+[B, T, H, W, C]. Pyramids are lists ordered low -> high resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from pflow_jax.pyramid.schedule import PyramidSchedule
+
+# velocity_fn(x [b, T, h, w, C], timesteps [b] float32 on the 0..N scale, cond) -> v like x.
+VelocityFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
+
+
+def check_resolution(shape: Sequence[int], stages: int) -> None:
+  """Raises ValueError unless shape is [B, T, H, W, C] with H, W divisible by 2^(K-1)."""
+  if len(shape) != 5:
+    raise ValueError(f'expected latents of shape [B, T, H, W, C], got shape {tuple(shape)}')
+  factor = 2 ** (stages - 1)
+  h, w = shape[2], shape[3]
+  if h % factor or w % factor:
+    raise ValueError(f'latent resolution {h}x{w} is not divisible by 2^(stages-1) = {factor}: '
+                     f'each of the {stages} pyramid stages halves it')
+
+
+def downsample2x(x: jax.Array) -> jax.Array:
+  """Halves H and W of [B, T, H, W, C] by a 2x2 mean.
+
+  For even sizes this is exactly torch's bilinear interpolate to half size
+  (align_corners=False): each output samples the midpoint of a 2x2 block.
+  """
+  b, t, h, w, c = x.shape
+  return x.reshape(b, t, h // 2, 2, w // 2, 2, c).mean(axis=(3, 5))
+
+
+def upsample2x(x: jax.Array) -> jax.Array:
+  """Doubles H and W of [B, T, H, W, C] by nearest neighbour (copies each pixel 2x2)."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
+
+
+def downsample_pyramid(latents: jax.Array, stages: int) -> list[jax.Array]:
+  """[z_0, ..., z_{K-1}]: the full-resolution latents halved K-1 times, low -> high."""
+  check_resolution(latents.shape, stages)
+  levels = [latents]
+  for _ in range(stages - 1):
+    levels.append(downsample2x(levels[-1]))
+  return levels[::-1]
+
+
+def noise_pyramid(noise: jax.Array, stages: int) -> list[jax.Array]:
+  """One full-resolution noise draw seen at every level, low -> high.
+
+  Each halving is a 2x2 mean times 2, so every level stays unit-variance white
+  noise while the levels share the same underlying draw.
+  """
+  check_resolution(noise.shape, stages)
+  levels = [noise]
+  for _ in range(stages - 1):
+    levels.append(2.0 * downsample2x(levels[-1]))
+  return levels[::-1]
+
+
+def stage_endpoints(latent_pyramid: Sequence[jax.Array], noise_pyramid: Sequence[jax.Array],
+                    schedule: PyramidSchedule, stage: int) -> tuple[jax.Array, jax.Array]:
+  """(start, end) of a stage's training path at that stage's resolution.
+
+  start: pure noise for stage 0, else noise at start_sigma mixed with the
+  nearest-upsampled clean latent of the stage below. end: noise at end_sigma
+  mixed with the clean latent, or the clean latent itself for the last stage.
+  """
+  k = schedule.stages
+  if len(latent_pyramid) != k or len(noise_pyramid) != k:
+    raise ValueError(f'expected {k} pyramid levels, got {len(latent_pyramid)} latent and '
+                     f'{len(noise_pyramid)} noise levels')
+  if not 0 <= stage < k:
+    raise ValueError(f'stage must be in [0, {k - 1}], got {stage}')
+  noise = noise_pyramid[stage]
+  s = float(schedule.start_sigmas[stage])
+  e = float(schedule.end_sigmas[stage])
+  if stage == 0:
+    start = noise
+  else:
+    start = s * noise + (1.0 - s) * upsample2x(latent_pyramid[stage - 1])
+  if stage == k - 1:
+    end = latent_pyramid[stage]
+  else:
+    end = e * noise + (1.0 - e) * latent_pyramid[stage]
+  return start, end
+
+
+def sample_timestep_indices(rng: jax.Array, batch: int, num_train_timesteps: int) -> jax.Array:
+  """int32 [batch] indices into a stage's tables: u ~ U(0, 1), clamp(floor(u * N))."""
+  u = jax.random.uniform(rng, (batch,), jnp.float32)
+  idx = jnp.floor(u * num_train_timesteps).astype(jnp.int32)
+  return jnp.clip(idx, 0, num_train_timesteps - 1)
+
+
+def _check_sample_ratios(sample_ratios: Sequence[int], stages: int, batch: int) -> tuple[int, ...]:
+  ratios = tuple(sample_ratios)
+  if len(ratios) != stages:
+    raise ValueError(f'sample_ratios {list(ratios)} needs one entry per stage ({stages})')
+  if any(isinstance(r, bool) or int(r) != r or r < 1 for r in ratios):
+    raise ValueError(f'sample_ratios {list(ratios)} must be positive integers')
+  ratios = tuple(int(r) for r in ratios)
+  if batch % sum(ratios):
+    raise ValueError(f'batch size {batch} is not divisible by sum(sample_ratios) = '
+                     f'{sum(ratios)}: the batch is split into that many stage columns')
+  return ratios
+
+
+def _columns(x: jax.Array, num_columns: int, first: int, count: int) -> jax.Array:
+  """Samples j with first <= j % num_columns < first + count (official `[c::columns]`).
+
+  A reshape rather than a strided gather, so a batch sharded on its leading
+  axis stays local.
+  """
+  rows = x.shape[0] // num_columns
+  x = x.reshape((rows, num_columns) + x.shape[1:])[:, first:first + count]
+  return x.reshape((rows * count,) + x.shape[2:])
+
+
+def pyramid_flow_loss(velocity_fn: VelocityFn, latents: jax.Array, cond: Any, rng: jax.Array,
+                      schedule: PyramidSchedule,
+                      sample_ratios: Sequence[int]) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The official pyramid flow-matching loss; (loss, {'loss_per_stage': [K]}).
+
+  Sample j of the batch goes to column j % sum(sample_ratios); the columns map
+  to stages in order, sample_ratios[k] columns for stage k. Each stage gets its
+  own view of one full-resolution noise draw and its own timesteps, and one
+  velocity_fn call on all its samples (cond sliced the same way). The loss is
+  the per-sample mean squared error against `start - end`, averaged over the
+  batch, in float32. With stages=1 it is full-resolution rectified flow.
+  """
+  k = schedule.stages
+  check_resolution(latents.shape, k)
+  batch = latents.shape[0]
+  ratios = _check_sample_ratios(sample_ratios, k, batch)
+  num_columns = sum(ratios)
+  for leaf in jax.tree.leaves(cond):
+    if jnp.shape(leaf)[:1] != (batch,):
+      raise ValueError(f'every cond leaf needs leading batch dim {batch}, got shape '
+                       f'{jnp.shape(leaf)}')
+
+  latents = latents.astype(jnp.float32)
+  noise_rng, time_rng = jax.random.split(rng)
+  noise = jax.random.normal(noise_rng, latents.shape, jnp.float32)
+  time_rngs = jax.random.split(time_rng, k)
+
+  total, per_stage = 0.0, []
+  first = 0
+  for stage, count in enumerate(ratios):
+    take = functools.partial(_columns, num_columns=num_columns, first=first, count=count)
+    first += count
+    start, end = stage_endpoints(downsample_pyramid(take(latents), k),
+                                 noise_pyramid(take(noise), k), schedule, stage)
+    idx = sample_timestep_indices(time_rngs[stage], start.shape[0], schedule.num_train_timesteps)
+    timesteps = jnp.asarray(schedule.stage_timesteps[stage])[idx]
+    r = jnp.asarray(schedule.stage_ratios[stage])[idx][:, None, None, None, None]
+    x = r * start + (1.0 - r) * end
+    v = velocity_fn(x, timesteps, jax.tree.map(take, cond))
+    if v.shape != x.shape:
+      raise ValueError(f'velocity_fn returned shape {v.shape} for input shape {x.shape}')
+    err = jnp.square(v.astype(jnp.float32) - (start - end))
+    per_sample = err.reshape(err.shape[0], -1).mean(axis=1)
+    total = total + per_sample.sum()
+    per_stage.append(per_sample.mean())
+  # The mean over the batch of per-sample means, as official calculate_loss.
+  return total / batch, {'loss_per_stage': jnp.stack(per_stage)}

@@ -1,0 +1,94 @@
+"""The pyramid sampler: Euler steps per stage, renoising jumps between stages, CFG.
+
+Follows the official generate / generate_one_unit / sample_block_noise
+(pyramid_dit/pyramid_dit_for_video_gen_pipeline.py) for one unit of frames
+generated jointly (no temporal autoregression), channels-last [B, T, H, W, C].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from pflow_jax.pyramid import flow
+from pflow_jax.pyramid.schedule import MAX_GAMMA, PyramidSchedule, inference_schedule
+from pflow_jax.pyramid.schedule import jump_coefficients
+
+
+def block_noise(rng: jax.Array, shape: Sequence[int], gamma: float) -> jax.Array:
+  """float32 noise whose 2x2 spatial blocks are N(0, (1 + gamma) I_4 - gamma 1 1^T).
+
+  Blocks are independent across batch, frames, channels and block position.
+  The covariance is (1 + gamma) on the zero-sum subspace and 1 - 3 gamma along
+  the block mean, so its square root scales those two parts of white noise.
+  """
+  if len(shape) != 5 or shape[2] % 2 or shape[3] % 2:
+    raise ValueError(f'block_noise needs shape [B, T, H, W, C] with even H and W, got '
+                     f'{tuple(shape)}')
+  if not 0.0 < gamma <= MAX_GAMMA + 1e-12:
+    raise ValueError(f'gamma must be in (0, 1/3] for a valid block covariance, got {gamma!r}')
+  b, t, h, w, c = shape
+  white = jax.random.normal(rng, (b, t, h // 2, 2, w // 2, 2, c), jnp.float32)
+  mean = white.mean(axis=(3, 5), keepdims=True)
+  noise = (math.sqrt(1.0 + gamma) * (white - mean)
+           + math.sqrt(max(1.0 - 3.0 * gamma, 0.0)) * mean)
+  return noise.reshape(b, t, h, w, c)
+
+
+def stage_jump(x: jax.Array, rng: jax.Array, schedule: PyramidSchedule,
+               next_stage: int) -> jax.Array:
+  """Carries the end of stage next_stage-1 to the start of next_stage (2x resolution)."""
+  alpha, beta = jump_coefficients(schedule, next_stage)
+  up = flow.upsample2x(x.astype(jnp.float32))
+  return alpha * up + beta * block_noise(rng, up.shape, schedule.gamma)
+
+
+def sample(velocity_fn: flow.VelocityFn, cond: Any, uncond: Any, rng: jax.Array,
+           schedule: PyramidSchedule, shape: tuple[int, ...], steps_per_stage: Sequence[int],
+           guidance_scale: float) -> jax.Array:
+  """Float32 latents of full-resolution `shape` [B, T, H, W, C] from noise.
+
+  The initial noise is drawn at full resolution and taken down the noise
+  pyramid (as the official code does), so stage 0 starts from white noise at
+  the lowest resolution. Guidance (when uncond is given and the Python float
+  guidance_scale is not 1) runs velocity_fn once per step on the batch
+  [uncond; cond] and combines v_u + w (v_c - v_u). Steps inside a stage are a
+  fori_loop, so compile time does not grow with the step count.
+  """
+  k = schedule.stages
+  flow.check_resolution(shape, k)
+  steps = tuple(steps_per_stage)
+  if len(steps) != k:
+    raise ValueError(f'steps_per_stage {list(steps)} needs one entry per stage ({k})')
+  guided = uncond is not None and guidance_scale != 1.0
+  model_cond = jax.tree.map(lambda u, c: jnp.concatenate([u, c]), uncond, cond) if guided else cond
+
+  def velocity(x: jax.Array, t: jax.Array) -> jax.Array:
+    x_in = jnp.concatenate([x, x]) if guided else x
+    v = velocity_fn(x_in, jnp.full((x_in.shape[0],), t, jnp.float32), model_cond)
+    if v.shape != x_in.shape:
+      raise ValueError(f'velocity_fn returned shape {v.shape} for input shape {x_in.shape}')
+    v = v.astype(jnp.float32)
+    if guided:
+      v_uncond, v_cond = jnp.split(v, 2)
+      v = v_uncond + guidance_scale * (v_cond - v_uncond)
+    return v
+
+  noise_rng, jump_rng = jax.random.split(rng)
+  x = flow.noise_pyramid(jax.random.normal(noise_rng, tuple(shape), jnp.float32), k)[0]
+  jump_rngs = jax.random.split(jump_rng, max(k - 1, 1))
+  for stage in range(k):
+    if stage > 0:
+      x = stage_jump(x, jump_rngs[stage - 1], schedule, stage)
+    timesteps, ratios = inference_schedule(schedule, stage, steps[stage])
+    timesteps, ratios = jnp.asarray(timesteps), jnp.asarray(ratios)
+
+    def euler(j, x, timesteps=timesteps, ratios=ratios):
+      return x + (ratios[j + 1] - ratios[j]) * velocity(x, timesteps[j])
+
+    x = jax.lax.fori_loop(0, steps[stage], euler, x)
+  return x
