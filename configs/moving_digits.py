@@ -17,7 +17,7 @@ def get_config(arg: str = ''):
     c.data.update(image_size=32, num_frames=2, train_size=64, test_size=16,
                   global_batch_size=6)
     c.latent.update(shift=-0.73, scale=1.59)
-    c.model.update(num_layers=2, num_attention_heads=2, attention_head_dim=16,
+    c.model.update(sample_size=8, rope_axes_dim=(16,), num_layers=2, num_attention_heads=2, attention_head_dim=16,
                    joint_attention_dim=32, caption_projection_dim=32,
                    pooled_projection_dim=32)
     c.text.update(width=32, num_layers=1, num_heads=2)

@@ -53,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.model = ml_collections.ConfigDict(dict(
+      sample_size=16,              # full-resolution latent side (64 px / 4)
       patch_size=2,
       in_channels=16,
       num_layers=4,
@@ -61,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
       joint_attention_dim=128,
       caption_projection_dim=128,
       pooled_projection_dim=128,
+      rope_axes_dim=(32,),         # temporal RoPE over the whole head, as official
       attention='xla',
       remat=False,
   ))

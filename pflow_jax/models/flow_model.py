@@ -18,7 +18,7 @@ class FlowModel(nnx.Module):
     dtype = jnp.dtype(config.dtype)
     self.dit = dit_lib.PyramidDiT(dit_lib.DiTConfig(**config.model), dtype=dtype,
                                   param_dtype=jnp.float32, rngs=rngs)
-    self.text_encoder = None
+    self.text_encoder = nnx.data(None)
     if config.text.encoder == 'toy':
       self.text_encoder = text_lib.ToyTextEncoder(
           width=config.text.width, num_layers=config.text.num_layers,
