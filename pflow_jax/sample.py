@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from pflow_jax import config as config_lib
-from pflow_jax import inference
+from pflow_jax import inference, logs
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
 from pflow_jax.training import checkpoint, state as state_lib
@@ -91,6 +91,7 @@ def run(workdir: str, prompt: str, num_samples: int, out: str, steps_per_stage, 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logs.setup()
   try:
     grid = run(_WORKDIR.value, _PROMPT.value, _NUM_SAMPLES.value, _OUT.value, _STEPS.value,
                _GUIDANCE.value, _SEED.value, _STEP.value, _FPS.value)

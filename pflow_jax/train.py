@@ -10,7 +10,7 @@ Rerunning the same command resumes from the last complete checkpoint in
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pflow_jax import distributed
+from pflow_jax import distributed, logs
 from pflow_jax.training import checkpoint, loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
@@ -22,6 +22,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logs.setup()
   distributed.initialize()
   try:
     loop.train(_CONFIG.value, _WORKDIR.value)
