@@ -11,13 +11,13 @@ next to it (one row per sample). Uses the EMA parameters of the latest (or
 import json
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
 import ml_collections
 import numpy as np
 
 from pflow_jax import config as config_lib
-from pflow_jax import inference, logs
+from pflow_jax import cli, inference
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
 from pflow_jax.training import checkpoint, state as state_lib
@@ -89,16 +89,11 @@ def run(workdir: str, prompt: str, num_samples: int, out: str, steps_per_stage, 
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logs.setup()
-  try:
-    grid = run(_WORKDIR.value, _PROMPT.value, _NUM_SAMPLES.value, _OUT.value, _STEPS.value,
-               _GUIDANCE.value, _SEED.value, _STEP.value, _FPS.value)
-  except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
-    raise SystemExit(f'error: {e}') from None
+  del argv
+  grid = run(_WORKDIR.value, _PROMPT.value, _NUM_SAMPLES.value, _OUT.value, _STEPS.value,
+             _GUIDANCE.value, _SEED.value, _STEP.value, _FPS.value)
   print(f'wrote {_OUT.value} and {grid}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, user_errors=(checkpoint.CheckpointError,))

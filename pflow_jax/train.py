@@ -7,10 +7,10 @@ Rerunning the same command resumes from the last complete checkpoint in
 --workdir. SIGTERM/SIGINT save a checkpoint and exit.
 """
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from pflow_jax import distributed, logs
+from pflow_jax import cli, distributed
 from pflow_jax.training import checkpoint, loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
@@ -20,16 +20,10 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logs.setup()
+  del argv
   distributed.initialize()
-  try:
-    loop.train(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
-    logging.error('%s', e)
-    raise SystemExit(f'error: {e}') from None
+  loop.train(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, user_errors=(checkpoint.CheckpointError,))

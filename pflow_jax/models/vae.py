@@ -78,8 +78,11 @@ class VAEConfig:
   logvar_max: float = 20.0
   # Pipeline latent normalisation, z_norm = (z - shift) * scale, for the first
   # latent frame and for the later ones (SD3 variant; `official('miniflux')`).
-  first_frame_shift: float = -0.04
-  first_frame_scale: float = 1 / 1.8726
+  # From the official PyramidDiTForVideoGeneration: pyramid_mmdit (SD3) uses
+  # 0.1490 / 1.8415 and pyramid_flux -0.04 / 1.8726 (the SD3-only releases
+  # before miniFLUX had 0.1490 too); the project spec has the two swapped.
+  first_frame_shift: float = 0.1490
+  first_frame_scale: float = 1 / 1.8415
   video_shift: float = -0.2343
   video_scale: float = 1 / 3.0986
 
@@ -115,7 +118,7 @@ class VAEConfig:
   @classmethod
   def official(cls, variant: str = 'sd3') -> VAEConfig:
     """The released VAE (causal_video_vae/config.json); `variant` picks the first-frame stats."""
-    first = {'sd3': (-0.04, 1 / 1.8726), 'miniflux': (0.1490, 1 / 1.8415)}
+    first = {'sd3': (0.1490, 1 / 1.8415), 'miniflux': (-0.04, 1 / 1.8726)}
     if variant not in first:
       raise ValueError(f"variant must be one of {sorted(first)}, got {variant!r}")
     shift, scale = first[variant]

@@ -1,0 +1,498 @@
+"""The Pyramid Flow DiT: the official SD3 variant (`PyramidDiffusionMMDiT`), channels-last.
+
+Architecture (pyramid_dit/mmdit_modules/ of jy0205/Pyramid-Flow, as built by
+`build_pyramid_dit('pyramid_mmdit', ...)` from the released config):
+- Patch embedding: 2x2 patches of each latent frame -> Linear (the official
+  Conv2d), plus a fixed 2D sincos embedding of the token's spatial position.
+- Conditioning: sinusoidal timestep (256, cos first) -> MLP, plus pooled text ->
+  MLP, summed (`time_text_embed`); the text sequence is projected by
+  `context_embedder`.
+- MM-DiT blocks: text and video streams with separate weights, one joint
+  attention over [text; video] with RMSNorm on q and k per head; adaLN-Zero on
+  both streams; the last block is `context_pre_only` (its text stream only
+  feeds keys/values). Then `norm_out` (adaLN continuous) and `proj_out`.
+- Positions (official `PatchEmbed3D.cropped_pos_embed` with
+  interp_condition_pos=True, and the temporal RoPE of `merge_input`):
+  * spatial: the sincos table of a `pos_embed_max_size`^2 grid whose cell k
+    sits at k * base_size / pos_embed_max_size (base_size = sample_size /
+    patch_size), center-cropped to the *reference* token grid; a clip smaller
+    than the reference gets that crop bilinearly resized (align_corners=False)
+    to its own size. Officially the reference is the target clip of the
+    current stage (the last clip of the sequence): a stage's target is cropped
+    at its own size, and only lower-resolution history clips of the temporal
+    pyramid are interpolated. `full_size` names the reference grid.
+  * temporal: RoPE over the whole head dim (`rope_axes_dim=(64,)`, theta 1e4,
+    interleaved pairs) with the frame index (running over concatenated clips);
+    text tokens sit at index 0.
+  * attention mask: padded text keys are masked; with `use_temporal_causal`
+    a query attends to keys whose frame index is <= its own (text = frame 0).
+- Initialisation as official: xavier-uniform Linears with zero bias, normal(.02)
+  for the conditioning embedders and `context_embedder`, zeros for every adaLN
+  projection, `norm_out.linear` and `proj_out` (so the model outputs 0 at init).
+
+miniFLUX (flux_modules/) reuses the layers: `pos_embed_type='none'` with
+`rope_axes_dim=(16, 24, 24)` over (frame, y, x) positions is its positional
+scheme (its RoPE positions follow the same interpolation rule); its
+single-stream blocks are the part still to add.
+
+Official state dict -> our parameters (torch Linear weight [out, in] = our
+`kernel` [in, out] transposed; biases equal; `transformer_blocks.{i}` is
+('transformer_blocks', i)):
+  pos_embed.proj.weight [D, C, p, p]      -> pos_embed.proj.kernel [p*p*C, D]
+                                             = weight.permute(2, 3, 1, 0).reshape(p*p*C, D)
+  pos_embed.pos_embed (buffer)            -> not stored (recomputed from the config)
+  time_text_embed.{timestep,text}_embedder.linear_{1,2}, context_embedder,
+  transformer_blocks.{i}.norm1.linear, .norm1_context.linear,
+  .attn.{to_q,to_k,to_v,add_q_proj,add_k_proj,add_v_proj,to_add_out},
+  norm_out.linear, proj_out               -> same path (.kernel = weight.T, .bias)
+  transformer_blocks.{i}.attn.to_out.0    -> transformer_blocks.{i}.attn.to_out
+  transformer_blocks.{i}.attn.norm_{q,k,add_q,add_k}.weight -> ...norm_{...}.scale
+  transformer_blocks.{i}.ff.net.0.proj    -> transformer_blocks.{i}.ff.proj_in
+  transformer_blocks.{i}.ff.net.2         -> transformer_blocks.{i}.ff.proj_out
+  (the same for ff_context). proj_out's outputs are ordered (p1, p2, c) in both.
+Logical axis names are listed in layers.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pflow_jax.models import layers
+from pflow_jax.parallel import rules
+
+Array = jax.Array
+
+TIMESTEP_FEATURES = 256  # sinusoidal timestep features (official Timesteps(256))
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+  """DiT hyperparameters; names follow the official config keys, defaults are the
+  released pyramid-flow-sd3 model (384p and 768p share it).
+
+  sample_size: latent size the sincos grid is scaled for (base_size =
+    sample_size / patch_size tokens span the unit range of SD3's grid).
+  patch_size: spatial patch size (tokens are patch x patch x in_channels).
+  in_channels: latent channels (also the output channels).
+  num_layers: MM-DiT blocks (the last one is context_pre_only).
+  num_attention_heads, attention_head_dim: hidden size = their product.
+  joint_attention_dim: width of the text sequence features (T5: 4096).
+  caption_projection_dim: width the text sequence is projected to; it must
+    equal the hidden size (the text stream runs at model width).
+  pooled_projection_dim: width of the pooled text features (CLIP-L+G: 2048).
+  pos_embed_max_size: side of the sincos position grid (tokens), from which
+    the reference grid is center-cropped.
+  pos_embed_type: 'sincos' (spatial absolute embedding, SD3) or 'none'.
+  rope_axes_dim: RoPE widths per position axis. None: (attention_head_dim,),
+    rotation by frame index (the SD3 variant); three entries rotate by
+    (frame, y, x) (miniFLUX: (16, 24, 24)); () for none. The entries must sum
+    to attention_head_dim.
+  rope_theta: RoPE base.
+  qk_norm: 'rms_norm' (per-head RMSNorm on q and k) or None.
+  use_temporal_causal: mask attention block-causally over frame indices.
+  mlp_ratio: MLP hidden = mlp_ratio * hidden size.
+  attention: attention implementation, 'xla' or 'cudnn' (layers.attention).
+  remat: rematerialise each block in the backward pass.
+  """
+  sample_size: int = 128
+  patch_size: int = 2
+  in_channels: int = 16
+  num_layers: int = 24
+  num_attention_heads: int = 24
+  attention_head_dim: int = 64
+  joint_attention_dim: int = 4096
+  caption_projection_dim: int = 1536
+  pooled_projection_dim: int = 2048
+  pos_embed_max_size: int = 192
+  pos_embed_type: str = 'sincos'
+  rope_axes_dim: tuple[int, ...] | None = None
+  rope_theta: float = 10000.0
+  qk_norm: str | None = 'rms_norm'
+  use_temporal_causal: bool = True
+  mlp_ratio: float = 4.0
+  attention: str = 'xla'
+  remat: bool = False
+
+  def __post_init__(self):
+    axes = (self.attention_head_dim,) if self.rope_axes_dim is None else self.rope_axes_dim
+    object.__setattr__(self, 'rope_axes_dim', tuple(axes))
+    hidden = self.hidden_size
+    if self.caption_projection_dim != hidden:
+      raise ValueError(f'caption_projection_dim {self.caption_projection_dim} must equal the '
+                       f'hidden size num_attention_heads * attention_head_dim = {hidden}')
+    if self.pos_embed_type not in ('sincos', 'none'):
+      raise ValueError(f"pos_embed_type must be 'sincos' or 'none', got {self.pos_embed_type!r}")
+    if self.pos_embed_type == 'sincos' and hidden % 4:
+      raise ValueError(f'the 2D sincos embedding needs a hidden size divisible by 4, got {hidden}')
+    if len(self.rope_axes_dim) not in (0, 1, 3):
+      raise ValueError(f'rope_axes_dim must have 0, 1 (frame) or 3 (frame, y, x) entries, '
+                       f'got {self.rope_axes_dim}')
+    if self.rope_axes_dim and sum(self.rope_axes_dim) != self.attention_head_dim:
+      raise ValueError(f'rope_axes_dim {self.rope_axes_dim} must sum to attention_head_dim '
+                       f'{self.attention_head_dim}')
+    if self.qk_norm not in ('rms_norm', None):
+      raise ValueError(f"qk_norm must be 'rms_norm' or None, got {self.qk_norm!r}")
+    if self.attention not in layers.ATTENTION_IMPLS:
+      raise ValueError(f'attention must be one of {layers.ATTENTION_IMPLS}, got {self.attention!r}')
+    if self.sample_size % self.patch_size:
+      raise ValueError(f'sample_size {self.sample_size} is not divisible by patch_size '
+                       f'{self.patch_size}')
+
+  @property
+  def hidden_size(self) -> int:
+    return self.num_attention_heads * self.attention_head_dim
+
+
+def _reference_coords(size: int, ref: int) -> np.ndarray:
+  """Where the `size` cells of a resized axis sit on a `ref`-cell axis.
+
+  torch's linear interpolation with align_corners=False (the official rule for
+  both the sincos table and RoPE positions): (i + 0.5) * ref / size - 0.5,
+  clamped to [0, ref - 1]; the identity when size == ref.
+  """
+  if size == ref:
+    return np.arange(size, dtype=np.float64)
+  return np.clip((np.arange(size) + 0.5) * (ref / size) - 0.5, 0.0, ref - 1.0)
+
+
+def clip_positions(num_frames: int, grid: tuple[int, int], ref_grid: tuple[int, int],
+                   frame_offset: int = 0) -> np.ndarray:
+  """Token positions [T*h*w, 3] = (frame, y, x) of a clip, on the reference token grid.
+
+  Tokens are ordered frame-major then row-major, as the patch embedding emits them.
+  """
+  ys = _reference_coords(grid[0], ref_grid[0])
+  xs = _reference_coords(grid[1], ref_grid[1])
+  t = np.arange(num_frames, dtype=np.float64) + frame_offset
+  tt, yy, xx = np.meshgrid(t, ys, xs, indexing='ij')
+  return np.stack([tt, yy, xx], axis=-1).reshape(-1, 3).astype(np.float32)
+
+
+def sincos_spatial_embedding(grid: tuple[int, int], ref_grid: tuple[int, int], dim: int, *,
+                             max_size: int, grid_scale: float) -> np.ndarray:
+  """The official spatial position embedding [h*w, dim] of an h x w token grid.
+
+  Crop of the max_size^2 sincos table centred on the reference grid, resized
+  bilinearly to (h, w). Both halves of the table depend on one axis only
+  (first half: x, second: y), so the bilinear resize is a per-axis linear
+  interpolation of 1D tables at the reference coordinates.
+  """
+  h, w = grid
+  ref_h, ref_w = ref_grid
+  if ref_h > max_size or ref_w > max_size:
+    raise ValueError(f'reference token grid {ref_grid} exceeds pos_embed_max_size {max_size}')
+
+  def axis_table(size, ref):
+    coords = _reference_coords(size, ref)
+    offset = (max_size - ref) // 2
+    lo = np.floor(coords)
+    frac = (coords - lo)[:, None]
+    half = dim // 2
+    return (1 - frac) * _sincos_np((offset + lo) * grid_scale, half) + frac * _sincos_np(
+        (offset + lo + 1) * grid_scale, half)
+
+  ey = axis_table(h, ref_h)
+  ex = axis_table(w, ref_w)
+  emb = np.concatenate([np.broadcast_to(ex[None, :, :], (h, w, dim // 2)),
+                        np.broadcast_to(ey[:, None, :], (h, w, dim // 2))], axis=-1)
+  return emb.reshape(h * w, dim).astype(np.float32)
+
+
+def _sincos_np(positions: np.ndarray, dim: int) -> np.ndarray:
+  omega = 1.0 / 10000.0 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+  args = positions[:, None] * omega[None, :]
+  return np.concatenate([np.sin(args), np.cos(args)], axis=-1)
+
+
+def joint_attention_mask(text_mask: Array, video_length: int, *,
+                         frames: Array | None = None) -> Array:
+  """Mask over the joint [text; video] sequence, bool [B, 1 | Lq, Lk].
+
+  Padded text keys are masked. With `frames` ([B | 1, video_length], the frame
+  index of each video token) a query attends only to keys of the same or an
+  earlier frame, text counting as frame 0 (the official temporal causal mask).
+  """
+  text_mask = text_mask.astype(bool)
+  batch = text_mask.shape[0]
+  keys = jnp.concatenate([text_mask, jnp.ones((batch, video_length), bool)], axis=1)
+  if frames is None:
+    return keys[:, None, :]
+  if frames.shape[-1] != video_length:
+    raise ValueError(f'frames cover {frames.shape[-1]} tokens, video has {video_length}')
+  frames = jnp.broadcast_to(frames, (batch, video_length))
+  order = jnp.concatenate([jnp.zeros_like(text_mask, jnp.float32), frames], axis=1)
+  return keys[:, None, :] & (order[:, :, None] >= order[:, None, :])
+
+
+class PatchEmbed(nnx.Module):
+  """Patchify each frame, project to the model width, add spatial positions."""
+
+  def __init__(self, cfg: DiTConfig, *, dtype: jnp.dtype, param_dtype: jnp.dtype,
+               rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.dtype = dtype
+    p = cfg.patch_size
+    self.proj = layers.Dense(p * p * cfg.in_channels, cfg.hidden_size, ('patch', 'embed'),
+                             dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, latents: Array, *, full_size: tuple[int, int] | None = None,
+               frame_offset: int = 0) -> tuple[Array, Array]:
+    cfg = self.cfg
+    p = cfg.patch_size
+    if latents.ndim != 5 or latents.shape[-1] != cfg.in_channels:
+      raise ValueError(f'latents must be [B, T, H, W, {cfg.in_channels}], got {latents.shape}')
+    b, t, h, w, c = latents.shape
+    if h % p or w % p:
+      raise ValueError(f'latent size {h}x{w} is not divisible by patch_size {p}')
+    ref = (h, w) if full_size is None else tuple(full_size)
+    if ref[0] % p or ref[1] % p or ref[0] < h or ref[1] < w:
+      raise ValueError(f'full_size {ref} must be divisible by patch_size {p} and at least '
+                       f'the latent size {(h, w)}')
+    grid, ref_grid = (h // p, w // p), (ref[0] // p, ref[1] // p)
+
+    x = latents.reshape(b, t, grid[0], p, grid[1], p, c).transpose(0, 1, 2, 4, 3, 5, 6)
+    x = self.proj(x.reshape(b, t * grid[0] * grid[1], p * p * c))
+    if cfg.pos_embed_type == 'sincos':
+      pos = sincos_spatial_embedding(
+          grid, ref_grid, cfg.hidden_size, max_size=cfg.pos_embed_max_size,
+          grid_scale=(cfg.sample_size // p) / cfg.pos_embed_max_size)
+      x = x.reshape(b, t, grid[0] * grid[1], -1).astype(jnp.float32) + pos
+      x = x.reshape(b, t * grid[0] * grid[1], -1).astype(self.dtype)
+    positions = clip_positions(t, grid, ref_grid, frame_offset)
+    return rules.constrain(x, ('batch', 'length', 'embed')), jnp.asarray(positions)[None]
+
+
+class CombinedTimestepTextEmbedding(nnx.Module):
+  """temb = MLP(sinusoid(t)) + MLP(pooled text) in fp32.
+
+  The official CombinedTimestepConditionEmbeddings.
+  """
+
+  def __init__(self, dim: int, pooled_dim: int, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
+    self.timestep_embedder = layers.MLPEmbedder(TIMESTEP_FEATURES, dim, in_axis=None,
+                                                param_dtype=param_dtype, rngs=rngs)
+    self.text_embedder = layers.MLPEmbedder(pooled_dim, dim, in_axis='text_embed',
+                                            param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, timesteps: Array, pooled: Array) -> Array:
+    t = layers.timestep_embedding(timesteps, TIMESTEP_FEATURES)
+    temb = self.timestep_embedder(t) + self.text_embedder(pooled)
+    return rules.constrain(temb, ('batch', 'embed'))
+
+
+class JointAttention(nnx.Module):
+  """One attention over [text; video] with separate projections per stream."""
+
+  def __init__(self, dim: int, heads: int, head_dim: int, *, qk_norm: str | None,
+               context_pre_only: bool, impl: str, dtype: jnp.dtype, param_dtype: jnp.dtype,
+               rngs: nnx.Rngs):
+    self.heads, self.head_dim, self.impl = heads, head_dim, impl
+    inner = heads * head_dim
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.to_q = layers.Dense(dim, inner, ('embed', 'heads'), **kw)
+    self.to_k = layers.Dense(dim, inner, ('embed', 'heads'), **kw)
+    self.to_v = layers.Dense(dim, inner, ('embed', 'heads'), **kw)
+    self.add_q_proj = layers.Dense(dim, inner, ('embed', 'heads'), **kw)
+    self.add_k_proj = layers.Dense(dim, inner, ('embed', 'heads'), **kw)
+    self.add_v_proj = layers.Dense(dim, inner, ('embed', 'heads'), **kw)
+
+    def norm():
+      if qk_norm is None:
+        return None
+      return layers.RMSNorm(head_dim, eps=1e-5, param_dtype=param_dtype)
+
+    self.norm_q, self.norm_k, self.norm_add_q, self.norm_add_k = norm(), norm(), norm(), norm()
+    self.to_out = layers.Dense(inner, dim, ('heads', 'embed'), **kw)
+    self.to_add_out = (None if context_pre_only
+                       else layers.Dense(inner, dim, ('heads', 'embed'), **kw))
+
+  def _heads(self, proj: layers.Dense, x: Array, norm: layers.RMSNorm | None,
+             length_axis: str) -> Array:
+    y = proj(x, length_axis).reshape(*x.shape[:2], self.heads, self.head_dim)
+    return y if norm is None else norm(y)
+
+  def __call__(self, x: Array, context: Array, rope: Array | None,
+               mask: Array | None) -> tuple[Array, Array | None]:
+    text_len = context.shape[1]
+    qkv_axes = ('batch', 'length', 'heads', 'kv')
+    txt, vid = 'text_length', 'length'
+    q = jnp.concatenate([self._heads(self.add_q_proj, context, self.norm_add_q, txt),
+                         self._heads(self.to_q, x, self.norm_q, vid)], axis=1)
+    k = jnp.concatenate([self._heads(self.add_k_proj, context, self.norm_add_k, txt),
+                         self._heads(self.to_k, x, self.norm_k, vid)], axis=1)
+    v = jnp.concatenate([self._heads(self.add_v_proj, context, None, txt),
+                         self._heads(self.to_v, x, None, vid)], axis=1)
+    if rope is not None:
+      q, k = layers.apply_rope(q, rope), layers.apply_rope(k, rope)
+    q, k, v = (rules.constrain(a, qkv_axes) for a in (q, k, v))
+    out = layers.attention(q, k, v, mask=mask, impl=self.impl)
+    out = rules.constrain(out, qkv_axes).reshape(*out.shape[:2], -1)
+    video = self.to_out(out[:, text_len:])
+    text = None if self.to_add_out is None else self.to_add_out(out[:, :text_len], txt)
+    return video, text
+
+
+class JointTransformerBlock(nnx.Module):
+  """MM-DiT block (SD3): adaLN-Zero per stream, joint attention, per-stream MLPs."""
+
+  def __init__(self, cfg: DiTConfig, *, context_pre_only: bool, dtype: jnp.dtype,
+               param_dtype: jnp.dtype, rngs: nnx.Rngs):
+    dim = cfg.hidden_size
+    hidden = int(dim * cfg.mlp_ratio)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.dtype = dtype
+    self.context_pre_only = context_pre_only
+    self.norm1 = layers.AdaLayerNormZero(dim, **kw)
+    self.norm1_context = (layers.AdaLayerNormContinuous(dim, dim, **kw) if context_pre_only
+                          else layers.AdaLayerNormZero(dim, **kw))
+    self.attn = JointAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim,
+                               qk_norm=cfg.qk_norm, context_pre_only=context_pre_only,
+                               impl=cfg.attention, **kw)
+    self.ff = layers.FeedForward(dim, hidden, **kw)
+    self.ff_context = None if context_pre_only else layers.FeedForward(dim, hidden, **kw)
+
+  def __call__(self, x: Array, context: Array, temb: Array, rope: Array | None,
+               mask: Array | None) -> tuple[Array, Array | None]:
+    norm_x, (gate_msa, shift_mlp, scale_mlp, gate_mlp) = self.norm1(x, temb)
+    if self.context_pre_only:
+      norm_c = self.norm1_context(context, temb)
+    else:
+      norm_c, (c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp) = self.norm1_context(
+          context, temb)
+    attn_x, attn_c = self.attn(norm_x, norm_c, rope, mask)
+
+    x = layers.gated_residual(x, gate_msa, attn_x)
+    h = layers.modulate(layers.layer_norm(x), shift_mlp, scale_mlp).astype(self.dtype)
+    x = layers.gated_residual(x, gate_mlp, self.ff(h))
+    x = rules.constrain(x, ('batch', 'length', 'embed'))
+    if self.context_pre_only:
+      return x, None
+
+    context = layers.gated_residual(context, c_gate_msa, attn_c)
+    h = layers.modulate(layers.layer_norm(context), c_shift_mlp, c_scale_mlp).astype(self.dtype)
+    context = layers.gated_residual(context, c_gate_mlp, self.ff_context(h, 'text_length'))
+    return x, rules.constrain(context, ('batch', 'text_length', 'embed'))
+
+
+def _run_block(block: JointTransformerBlock, x, context, temb, rope, mask):
+  return block(x, context, temb, rope, mask)
+
+
+class PyramidDiT(nnx.Module):
+  """Velocity model for every pyramid stage: latents [B, T, H, W, C] -> velocity, same shape.
+
+  Building blocks for callers that assemble their own token sequence (the
+  temporal pyramid's history clips + target): `embed_clip` (tokens and
+  positions of one clip), `embed_conditions`, `joint_attention_mask`,
+  `forward_tokens` (the block stack on any token sequence) and `unpatchify`.
+  """
+
+  def __init__(self, cfg: DiTConfig, *, dtype: jnp.dtype = jnp.float32,
+               param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.dtype = dtype
+    dim = cfg.hidden_size
+    p = cfg.patch_size
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.pos_embed = PatchEmbed(cfg, **kw)
+    self.time_text_embed = CombinedTimestepTextEmbedding(dim, cfg.pooled_projection_dim,
+                                                         param_dtype=param_dtype, rngs=rngs)
+    self.context_embedder = layers.Dense(
+        cfg.joint_attention_dim, cfg.caption_projection_dim, ('text_embed', 'embed'),
+        kernel_init=nnx.initializers.normal(0.02), **kw)
+    self.transformer_blocks = nnx.List([
+        JointTransformerBlock(cfg, context_pre_only=i == cfg.num_layers - 1, **kw)
+        for i in range(cfg.num_layers)])
+    self.norm_out = layers.AdaLayerNormContinuous(dim, dim, **kw)
+    self.proj_out = layers.Dense(dim, p * p * cfg.in_channels, ('embed', 'patch'),
+                                 kernel_init=layers.zeros, **kw)
+
+  def embed_clip(self, latents: Array, *, full_size: tuple[int, int] | None = None,
+                 frame_offset: int = 0) -> tuple[Array, Array]:
+    """Tokens [B, T*h*w, D] and positions [1, T*h*w, 3] (frame, y, x) of one clip.
+
+    full_size: latent (H, W) of the reference grid that positions live on
+    (None: the clip's own size). Officially the reference is the target clip
+    of the current stage; history clips at a lower resolution get positions
+    interpolated onto it. frame_offset: frame index of the clip's first frame.
+    """
+    return self.pos_embed(latents, full_size=full_size, frame_offset=frame_offset)
+
+  def embed_conditions(self, timesteps: Array, text: dict[str, Array]) -> tuple[Array, Array]:
+    """(temb [B, D] fp32, context [B, L, D]) from timesteps [B] and the text dict."""
+    cfg = self.cfg
+    missing = {'seq', 'mask', 'pooled'} - set(text)
+    if missing:
+      raise ValueError(f'text condition lacks {sorted(missing)}; needs seq, mask, pooled')
+    seq, pooled = text['seq'], text['pooled']
+    if seq.ndim != 3 or seq.shape[-1] != cfg.joint_attention_dim:
+      raise ValueError(f"text['seq'] must be [B, L, {cfg.joint_attention_dim}], got {seq.shape}")
+    if pooled.shape != (seq.shape[0], cfg.pooled_projection_dim):
+      raise ValueError(f"text['pooled'] must be [{seq.shape[0]}, {cfg.pooled_projection_dim}], "
+                       f'got {pooled.shape}')
+    if text['mask'].shape != seq.shape[:2]:
+      raise ValueError(f"text['mask'] must be {seq.shape[:2]}, got {text['mask'].shape}")
+    if timesteps.shape != (seq.shape[0],):
+      raise ValueError(f'timesteps must be [{seq.shape[0]}], got {timesteps.shape}')
+    temb = self.time_text_embed(timesteps, pooled)
+    return temb, self.context_embedder(seq, 'text_length')
+
+  def forward_tokens(self, tokens: Array, context: Array, temb: Array, positions: Array,
+                     mask: Array | None = None) -> Array:
+    """The block stack: video tokens [B, N, D] -> patch outputs [B, N, p*p*C] (fp32).
+
+    positions [B | 1, N, 3] (frame, y, x) feed the RoPE; mask (bool, [B, 1 | Lq, Lk]
+    over [text; video]) as from `joint_attention_mask`.
+    """
+    cfg = self.cfg
+    rope = None
+    if cfg.rope_axes_dim:
+      axes = positions[..., :1] if len(cfg.rope_axes_dim) == 1 else positions
+      text_axes = jnp.zeros((axes.shape[0], context.shape[1], axes.shape[-1]), axes.dtype)
+      rope = layers.rope_angles(jnp.concatenate([text_axes, axes], axis=1), cfg.rope_axes_dim,
+                                cfg.rope_theta)
+    run = nnx.remat(_run_block) if cfg.remat else _run_block
+    x = tokens
+    for block in self.transformer_blocks:
+      x, context = run(block, x, context, temb, rope, mask)
+    x = self.norm_out(x, temb)
+    return self.proj_out(x).astype(jnp.float32)
+
+  def unpatchify(self, patches: Array, grid: tuple[int, int, int]) -> Array:
+    """[B, T*h*w, p*p*C] -> [B, T, h*p, w*p, C] for a clip of (T, h, w) tokens."""
+    t, h, w = grid
+    p, c = self.cfg.patch_size, self.cfg.in_channels
+    x = patches.reshape(patches.shape[0], t, h, w, p, p, c).transpose(0, 1, 2, 4, 3, 5, 6)
+    return x.reshape(patches.shape[0], t, h * p, w * p, c)
+
+  def __call__(self, latents: Array, timesteps: Array, text: dict[str, Array], *,
+               full_size: tuple[int, int] | None = None) -> Array:
+    """Velocity [B, T, H, W, C] (fp32) of latents at timesteps [B] (0..1000) given text.
+
+    text: {'seq': [B, L, joint_attention_dim], 'mask': [B, L] bool,
+    'pooled': [B, pooled_projection_dim]}. full_size: see `embed_clip`; the
+    official model uses the clip's own size (None) for a stage's target.
+    """
+    tokens, positions = self.embed_clip(latents, full_size=full_size)
+    temb, context = self.embed_conditions(timesteps, text)
+    if latents.shape[0] != context.shape[0]:
+      raise ValueError(f'latents batch {latents.shape[0]} != text batch {context.shape[0]}')
+    b, t, h, w, _ = latents.shape
+    causal = self.cfg.use_temporal_causal and t > 1
+    mask = joint_attention_mask(text['mask'], tokens.shape[1],
+                                frames=positions[..., 0] if causal else None)
+    out = self.forward_tokens(tokens, context, temb, positions, mask)
+    p = self.cfg.patch_size
+    return self.unpatchify(out, (t, h // p, w // p))
+
+
+def count_params(cfg: DiTConfig) -> int:
+  """Number of parameters, from shapes only (nothing is allocated)."""
+  abstract = nnx.eval_shape(lambda: PyramidDiT(cfg, rngs=nnx.Rngs(0)))
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))

@@ -1,0 +1,142 @@
+"""The launchers as a user runs them: resume after kill, bad input, sampling."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def launch(module, *args, **popen):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+             PYTHONUNBUFFERED='1')
+  return subprocess.Popen([sys.executable, '-m', module, *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def run(module, *args, timeout=300):
+  proc = launch(module, *args)
+  out, _ = proc.communicate(timeout=timeout)
+  return proc.returncode, out
+
+
+def train_args(workdir, data_dir, *extra):
+  return ('--config=configs/moving_digits.py:tiny', f'--workdir={workdir}',
+          f'--config.data.data_dir={data_dir}', *extra)
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  return {row['step']: row['loss'] for row in rows}
+
+
+def wait_for_checkpoint(workdir, step, proc, timeout=240):
+  path = os.path.join(workdir, 'checkpoints', str(step))
+  deadline = time.time() + timeout
+  while not os.path.isdir(path):
+    assert proc.poll() is None, proc.stdout.read()
+    assert time.time() < deadline, f'no checkpoint {path} after {timeout}s'
+    time.sleep(0.2)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('data'))
+
+
+@pytest.fixture(scope='module')
+def reference_run(tmp_path_factory, data_dir):
+  """An uninterrupted 8-step run, logging every step."""
+  workdir = str(tmp_path_factory.mktemp('reference'))
+  code, out = run('pflow_jax.train', *train_args(workdir, data_dir, *STEPS))
+  assert code == 0, out
+  return workdir
+
+
+STEPS = ('--config.train.num_steps=8', '--config.train.log_every=1',
+         '--config.train.checkpoint_every=2', '--config.train.sample_every=8')
+
+
+def test_resume_after_sigterm_and_kill9_matches_uninterrupted(tmp_path, data_dir, reference_run):
+  workdir = str(tmp_path / 'run')
+  # SIGTERM: the trainer saves a checkpoint at the current step and exits.
+  proc = launch('pflow_jax.train', *train_args(workdir, data_dir, *STEPS))
+  wait_for_checkpoint(workdir, 2, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode != 0, out
+  assert 'rerun the same command to resume' in out
+  # kill -9 at some later point: only complete checkpoints are used.
+  proc = launch('pflow_jax.train', *train_args(workdir, data_dir, *STEPS))
+  wait_for_checkpoint(workdir, 6, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=60)
+  code, out = run('pflow_jax.train', *train_args(workdir, data_dir, *STEPS))
+  assert code == 0, out
+  assert 'resumed from step' in out
+  expected, got = losses(reference_run), losses(workdir)
+  assert sorted(expected) == list(range(1, 9))
+  for step in range(1, 9):  # every step was logged by one of the runs
+    assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
+
+
+def test_sample_cli_writes_video_and_grid(tmp_path, reference_run):
+  out = str(tmp_path / 'samples.mp4')
+  code, log = run('pflow_jax.sample', f'--workdir={reference_run}', '--prompt=a 3 moving left',
+                  '--num_samples=2', f'--out={out}', '--steps_per_stage=2,2,2')
+  assert code == 0, log
+  assert os.path.getsize(out) > 0 and os.path.getsize(str(tmp_path / 'samples.png')) > 0
+
+
+@pytest.mark.parametrize('override, message', [
+    ('--config.model.no_such_key=1', 'no_such_key'),
+    ('--config.data.image_size=40', 'not divisible'),
+    ('--config.data.train_size=0', 'train_size'),
+])
+def test_bad_config_fails_with_one_clear_error(tmp_path, data_dir, override, message):
+  workdir = tmp_path / 'w'
+  code, out = run('pflow_jax.train', *train_args(str(workdir), data_dir, override))
+  assert code != 0
+  assert message in out
+  assert 'Traceback' not in out
+  assert not (workdir / 'checkpoints').exists()
+
+
+def test_missing_dataset_fails_without_building(tmp_path):
+  code, out = run('pflow_jax.train', *train_args(str(tmp_path / 'w'), str(tmp_path / 'nothing'),
+                                                 '--config.data.build_if_missing=False'))
+  assert code != 0 and 'nothing' in out and 'Traceback' not in out
+
+
+def test_corrupt_checkpoint_is_an_error_and_nothing_is_overwritten(tmp_path, data_dir,
+                                                                    reference_run):
+  import shutil
+  workdir = tmp_path / 'corrupt'
+  shutil.copytree(reference_run, workdir)
+  state_dir = workdir / 'checkpoints' / '8' / 'state'
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'garbage')
+  before = {p: p.stat().st_mtime_ns for p in workdir.rglob('*') if p.is_file()}
+  code, out = run('pflow_jax.train', *train_args(str(workdir), data_dir, *STEPS,
+                                                 '--config.train.num_steps=10'))
+  assert code != 0 and 'cannot restore checkpoint' in out and 'Traceback' not in out
+  after = {p: p.stat().st_mtime_ns for p in workdir.rglob('*') if p.is_file()}
+  assert after == before
+
+
+def test_incompatible_checkpoint_is_an_error(tmp_path, data_dir, reference_run):
+  import shutil
+  workdir = tmp_path / 'other_model'
+  shutil.copytree(reference_run, workdir)
+  code, out = run('pflow_jax.train', *train_args(str(workdir), data_dir, *STEPS,
+                                                 '--config.train.num_steps=10',
+                                                 '--config.model.num_layers=3'))
+  assert code != 0 and 'cannot restore checkpoint' in out and 'Traceback' not in out
