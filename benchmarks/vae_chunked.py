@@ -1,7 +1,7 @@
 r"""VAE memory against video length: whole-video vs chunked encode/decode.
 
-  python benchmarks/vae_chunked.py --config=tiny --frames=9,17,33,65 --size=32
-  python benchmarks/vae_chunked.py --config=official --size=256 --frames=9,17,33 \
+  python -m benchmarks.vae_chunked --config=tiny --frames=9,17,33,65 --size=32
+  python -m benchmarks.vae_chunked --config=official --size=256 --frames=9,17,33 \
       --chunk_frames=8 --chunk_latents=2 --out=bench_results/vae_chunked.json
 
 For each length, compiles (without allocating parameters: they are abstract)

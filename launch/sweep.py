@@ -23,9 +23,15 @@ flags.mark_flags_as_required(['sweep', 'config', 'workdir'])
 
 
 def _format(value) -> str:
+  """A command-line value ml_collections parses back: tuples as '(a, b,)'."""
   if isinstance(value, (list, tuple)):
-    return ','.join(map(str, value))
+    return '(' + ''.join(f'{v!r}, ' for v in value) + ')'
   return str(value)
+
+
+def _short(value) -> str:
+  """A value as it appears in a workdir name: tuples as 'a,b'."""
+  return ','.join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def expand(sweep_path: str) -> list[dict]:
@@ -42,7 +48,7 @@ def expand(sweep_path: str) -> list[dict]:
 def commands(sweep_path: str, config: str, workdir: str) -> list[list[str]]:
   result = []
   for overrides in expand(sweep_path):
-    name = '_'.join(f'{k.split(".")[-1]}={_format(v)}' for k, v in overrides.items()) or 'base'
+    name = '_'.join(f'{k.split(".")[-1]}={_short(v)}' for k, v in overrides.items()) or 'base'
     cmd = [sys.executable, '-m', 'pflow_jax.train', f'--config={config}',
            f'--workdir={workdir}/{name}']
     cmd += [f'--config.{k}={_format(v)}' for k, v in overrides.items()]

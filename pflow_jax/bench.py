@@ -1,12 +1,24 @@
-r"""Benchmarks: the pyramid (stages=K) against full-resolution flow matching (stages=1).
+r"""Benchmarks, each printing a table and writing JSON.
 
   python -m pflow_jax.bench --config=configs/moving_digits.py [--out=bench_results/pyramid.json]
+  python -m pflow_jax.bench --mode=temporal --config=configs/moving_digits.py:ar \
+      [--out=bench_results/temporal.json]
 
-For the same DiT, measures the training-step time (median of --steps timed
-steps after warm-up and compilation) with analytic FLOPs, and the sampling time
-at the config's steps per stage (the official [20, 20, 20]) against stages=1
-with the same total number of Euler steps. Prints a table and writes JSON.
-Synthetic inputs: the timing does not depend on the data.
+--mode=pyramid: for the same DiT, the training-step time (median of --steps
+timed steps after warm-up and compilation) with analytic FLOPs, and the
+sampling time at the config's steps per stage (the official [20, 20, 20]),
+for stages=K against full-resolution flow matching (stages=1) with the same
+total number of Euler steps.
+
+--mode=temporal: autoregressive generation of a video --length_factor times
+the training clips, keeping the whole history (the official inference), one
+compiled program per history length so every frame pays its exact cost. Per
+generated frame: the keys a full-resolution target token attends (text +
+history + target) and the wall time, for (a) the temporal pyramid with the
+history's keys/values cached, (b) the temporal pyramid recomputing them at
+every step, (c) full-resolution history (no compression), recomputed. Also
+the largest difference between (a) and (b) (equal up to float rounding).
+Synthetic inputs and perturbed random weights: timing does not depend on them.
 """
 
 import copy
@@ -15,20 +27,24 @@ import os
 import statistics
 import time
 
-from absl import app, flags
+from absl import flags
+from flax import nnx
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
-from pflow_jax import config as config_lib
-from pflow_jax import inference
+from pflow_jax import cli, config as config_lib, inference
 from pflow_jax.models import latent_codec
+from pflow_jax.models.flow_model import FlowModel
 from pflow_jax.parallel import mesh as mesh_lib
 from pflow_jax.training import flops, state as state_lib, step as step_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config.', lock_config=True)
-_OUT = flags.DEFINE_string('out', 'bench_results/pyramid.json', 'JSON output path.')
+_MODE = flags.DEFINE_enum('mode', 'pyramid', ['pyramid', 'temporal'], 'What to benchmark.')
+_OUT = flags.DEFINE_string('out', None, 'JSON output path (default bench_results/<mode>.json).')
+_LENGTH_FACTOR = flags.DEFINE_integer('length_factor', 2, 'temporal: video length in '
+                                      'training clips.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed training steps per variant.')
 _SAMPLE_REPEATS = flags.DEFINE_integer('sample_repeats', 2, 'Timed sampling runs per variant.')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 2, 'Videos per sampling run.')
@@ -47,7 +63,7 @@ def _timed(fn, repeats: int) -> list[float]:
 def synthetic_batch(config, rng: np.random.Generator) -> dict[str, np.ndarray]:
   b = config.data.global_batch_size
   s = config.data.image_size
-  video = rng.integers(0, 256, (b, config.data.num_frames, s, s, config.latent.channels),
+  video = rng.integers(0, 256, (b, config.data.num_frames, s, s, config.latent.pixel_channels),
                        dtype=np.uint8)
   tokens = inference.tokenize_prompts(config, ['a 3 moving left and a 7 moving down'] * b)
   return {'video': video, 'tokens': tokens}
@@ -60,8 +76,9 @@ def variant(config, stages: int):
     c.pyramid.stages = stages
     c.pyramid.stage_range = None
     if stages == 1:
-      c.pyramid.sample_ratios = [1]
-      c.sample.steps_per_stage = [total]
+      c.pyramid.sample_ratios = (1,)
+      c.sample.steps_per_stage = (total,)
+      c.sample.video_steps_per_stage = (sum(config.sample.video_steps_per_stage),)
   config_lib.validate(c)
   return c
 
@@ -73,8 +90,8 @@ def bench_variant(config, steps: int, sample_repeats: int, num_samples: int) -> 
   graphdef, _, shardings = state_lib.state_shardings(config, mesh, tx)
   state = state_lib.init_state(config, mesh, tx, shardings)
   batch = synthetic_batch(config, np.random.default_rng(0))
-  train_step = step_lib.jit_train_step(step_lib.make_train_step(config, graphdef, codec, tx),
-                                       mesh, config, shardings, batch)
+  train_step = step_lib.jit_train_step(step_lib.make_train_step(config, graphdef, tx),
+                                       mesh, config, shardings, batch, codec)
   with jax.set_mesh(mesh):
     start = time.perf_counter()
     state, _ = jax.block_until_ready(train_step(state, batch))
@@ -110,9 +127,84 @@ def bench_variant(config, steps: int, sample_repeats: int, num_samples: int) -> 
   }
 
 
-def main(argv):
-  del argv
-  config = _CONFIG.value
+def perturbed_params(config, seed: int = 0):
+  """(graphdef, parameters + noise): zero-initialised layers take part, as in a trained model."""
+  graphdef, params = nnx.split(FlowModel(config, rngs=nnx.Rngs(config.seed)))
+  rng = np.random.default_rng(seed)
+  params = jax.tree.map(lambda x: x + 0.05 * rng.standard_normal(x.shape).astype(x.dtype), params)
+  return graphdef, params
+
+
+def attended_keys(config, generator: inference.VideoGenerator, unit: int) -> int:
+  """Keys one full-resolution target token attends at frame `unit` (all text valid)."""
+  _, h, w = config_lib.latent_size(config)
+  p = config.model.patch_size
+  target = (h // p) * (w // p)
+  history = generator.plans(generator.history_length(unit))[-1]
+  return flops.dit_text_tokens(config) + history.tokens(min(unit, generator.window)) + target
+
+
+def bench_temporal(config, length_factor: int) -> dict:
+  units = config_lib.latent_size(config)[0]
+  num_frames = length_factor * units
+  graphdef, params = perturbed_params(config)
+  codec = latent_codec.make_codec(config.latent)
+  tokens = inference.tokenize_prompts(config, ['a 3 moving left'])
+  variants = {'pyramid_cached': (True, True), 'pyramid_recomputed': (True, False),
+              'full_res_history': (False, False)}
+  results, latents = {}, {}
+  for name, (compress, cache) in variants.items():
+    c = copy.deepcopy(config)
+    with c.unlocked():
+      c.temporal.compress_history = compress
+      c.sample.cache_history = cache
+    gen = inference.VideoGenerator(c, graphdef, codec, num_frames=num_frames,
+                                   window=num_frames - 1, cache=cache, pad_history=False)
+    gen.latents(params, tokens, jax.random.key(0))  # compiles every history length
+    stamps = [time.perf_counter()]
+    latents[name] = gen.latents(params, tokens, jax.random.key(0),
+                                on_frame=lambda _: stamps.append(time.perf_counter()))
+    times = np.diff(stamps)
+    results[name] = [{'frame': u, 'attended_keys': attended_keys(c, gen, u),
+                      'seconds': float(times[u])} for u in range(num_frames)]
+  diff = float(jnp.abs(latents['pyramid_cached'] - latents['pyramid_recomputed']).max())
+  last = num_frames - 1
+  ratios = {
+      'time_full_res_over_pyramid_at_last_frame':
+          results['full_res_history'][last]['seconds'] / results['pyramid_recomputed'][last][
+              'seconds'],
+      'keys_full_res_over_pyramid_at_last_frame':
+          results['full_res_history'][last]['attended_keys'] / results['pyramid_recomputed'][
+              last]['attended_keys'],
+      'time_recomputed_over_cached_video_frames':
+          sum(r['seconds'] for r in results['pyramid_recomputed'][1:])
+          / sum(r['seconds'] for r in results['pyramid_cached'][1:]),
+      'growth_pyramid_last_over_second_frame':
+          results['pyramid_recomputed'][last]['seconds'] / results['pyramid_recomputed'][1][
+              'seconds'],
+      'growth_full_res_last_over_second_frame':
+          results['full_res_history'][last]['seconds'] / results['full_res_history'][1][
+              'seconds'],
+  }
+  header = f'{"frame":>5} ' + ' '.join(f'{n + " keys":>26} {"s":>7}' for n in variants)
+  print(f'autoregressive generation of {num_frames} latent frames ({length_factor}x the '
+        f'{units}-frame training clips), whole history kept')
+  print(header)
+  print('-' * len(header))
+  for u in range(num_frames):
+    print(f'{u:>5} ' + ' '.join(f'{results[n][u]["attended_keys"]:>26} '
+                                f'{results[n][u]["seconds"]:>7.3f}' for n in variants))
+  print(f'max |cached - recomputed| latent difference: {diff:.2e}')
+  for k, v in ratios.items():
+    print(f'{k}: {v:.2f}x')
+  return {'num_frames': num_frames, 'training_frames': units, 'frames': results,
+          'max_abs_diff_cached_vs_recomputed': diff, 'ratios': ratios}
+
+
+def bench_pyramid(config) -> dict:
+  if config.temporal.autoregressive:
+    raise ValueError('--mode=pyramid compares joint-clip training; use a config without '
+                     'temporal.autoregressive (or --mode=temporal)')
   results = [bench_variant(variant(config, k), _STEPS.value, _SAMPLE_REPEATS.value,
                            _NUM_SAMPLES.value)
              for k in (config.pyramid.stages, 1)]
@@ -133,13 +225,25 @@ def main(argv):
           f'{r["train_tflops_per_s"]:>8.3f} {r["sample_s"]:>9.3f} {r["sample_tflops"]:>13.4f}')
   for k, v in ratios.items():
     print(f'{k}: {v:.2f}x')
-  report = {'device': str(jax.devices()[0].device_kind), 'num_devices': jax.device_count(),
-            'batch_size': config.data.global_batch_size, 'results': results, 'ratios': ratios}
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  with open(_OUT.value, 'w') as f:
+  return {'batch_size': config.data.global_batch_size, 'results': results, 'ratios': ratios}
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  config_lib.validate(config)
+  if _MODE.value == 'temporal':
+    report = bench_temporal(config, _LENGTH_FACTOR.value)
+  else:
+    report = bench_pyramid(config)
+  report = {'mode': _MODE.value, 'device': str(jax.devices()[0].device_kind),
+            'num_devices': jax.device_count(), **report}
+  out = _OUT.value or f'bench_results/{_MODE.value}.json'
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, 'w') as f:
     json.dump(report, f, indent=2)
-  print(f'wrote {_OUT.value}')
+  print(f'wrote {out}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -15,13 +15,16 @@ from pflow_jax import config as config_lib
 from pflow_jax.models import text as text_lib
 from pflow_jax.models.latent_codec import LatentCodec
 from pflow_jax.parallel import rules
-from pflow_jax.pyramid import sampler, schedule as schedule_lib
+from pflow_jax.pyramid import sampler, schedule as schedule_lib, temporal
 
 
 def make_generate_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
                      codec: LatentCodec, *, num_samples: int,
                      steps_per_stage: Sequence[int], guidance_scale: float):
   """generate(params, tokens [N, L], rng) -> videos float [-1, 1] [N, T, H, W, C], jitted.
+
+  The codec (with its VAE weights, if any) is an argument of the jitted
+  function, bound here, so its weights are never compile-time constants.
 
   `tokens` are tokenized prompts for the toy text encoder. Classifier-free
   guidance uses the empty caption as the unconditional input, as in training.
@@ -37,23 +40,120 @@ def make_generate_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
     raise ValueError(f'steps_per_stage {steps} needs one entry per stage ({config.pyramid.stages})')
 
   @jax.jit
-  def generate(params: nnx.State, tokens: jax.Array, rng: jax.Array) -> jax.Array:
+  def generate(params: nnx.State, codec: LatentCodec, tokens: jax.Array,
+               rng: jax.Array) -> jax.Array:
     model = nnx.merge(graphdef, params)
     with rules.use_rules(config.rules):
       cond = model.encode_text({'tokens': tokens})
       uncond = model.encode_text({'tokens': jnp.zeros_like(tokens)})
-      velocity_fn = functools.partial(model.velocity, full_size=(h, w))
-      latents = sampler.sample(velocity_fn, cond, uncond, rng, schedule, shape, steps,
+      latents = sampler.sample(model.velocity, cond, uncond, rng, schedule, shape, steps,
                                guidance_scale)
       return codec.decode(latents)
 
-  return generate
+  return lambda params, tokens, rng: generate(params, codec, tokens, rng)
 
 
 def to_uint8(videos: jax.Array) -> np.ndarray:
   """[-1, 1] floats -> uint8 pixels on the host."""
-  return np.asarray(jnp.clip((videos + 1.0) * 127.5 + 0.5, 0, 255).astype(jnp.uint8))
+  return np.array(jnp.clip((videos + 1.0) * 127.5 + 0.5, 0, 255).astype(jnp.uint8))
 
 
 def tokenize_prompts(config: ml_collections.ConfigDict, prompts: Sequence[str]) -> np.ndarray:
   return text_lib.tokenize(list(prompts), config.text.max_length)
+
+
+def video_history_window(config: ml_collections.ConfigDict, num_frames: int) -> int:
+  """History units kept when sampling num_frames latent frames: sample.history_window, by
+  default the training clip's (latent frames - 1), never more than num_frames - 1."""
+  window = config.sample.history_window
+  if window < 0:
+    window = config_lib.latent_size(config)[0] - 1
+  return max(0, min(window, num_frames - 1))
+
+
+class VideoGenerator:
+  """Autoregressive text(-and-image)-to-video: frame by frame through the pyramid stages.
+
+  Frame 0 is generated as an image (sample.steps_per_stage, guidance_scale),
+  later frames with sample.video_steps_per_stage and video_guidance_scale,
+  each conditioned on the compressed history of the last `window` frames.
+  Memory is bounded by the window, not the length. With pad_history (the
+  default) the history is padded to the window and masked, so two compiled
+  programs serve every frame (the first, and the rest: the frame index is
+  traced) and a video of any length compiles once; early frames then pay for
+  the whole window. pad_history=False compiles one program per history length
+  (up to the window) and gives each frame its exact cost.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
+               codec: LatentCodec, *, num_frames: int, window: int | None = None,
+               cache: bool | None = None, pad_history: bool = True):
+    if not config.temporal.autoregressive:
+      raise ValueError('frame-by-frame generation needs a model trained with '
+                       'temporal.autoregressive=True')
+    k = config.pyramid.stages
+    self.schedule = schedule_lib.make_schedule(
+        stages=k, stage_range=config.pyramid.stage_range, gamma=config.pyramid.gamma,
+        shift=config.pyramid.shift, num_train_timesteps=config.pyramid.num_train_timesteps)
+    _, h, w = config_lib.latent_size(config)
+    if num_frames < 1:
+      raise ValueError(f'num_frames must be >= 1 latent frame, got {num_frames}')
+    self.num_frames = num_frames
+    self.window = video_history_window(config, num_frames) if window is None else window
+    self.cache = config.sample.cache_history if cache is None else cache
+    self.shape = (h, w, codec.latent_channels)
+    self.codec = codec
+    self.pad_history = pad_history
+    plan_args = dict(stages=k, latent_hw=(h, w), patch_size=config.model.patch_size,
+                     compress=config.temporal.compress_history)
+    self.plans = functools.cache(
+        lambda history: temporal.history_plans(max_history=history, **plan_args))
+    sample = config.sample
+
+    @functools.partial(jax.jit, static_argnames=('history', 'first'))
+    def unit_step(params, tokens, frames, unit, rng, history, first):
+      model = nnx.merge(graphdef, params)
+      with rules.use_rules(config.rules):
+        cond = model.encode_text({'tokens': tokens})
+        uncond = model.encode_text({'tokens': jnp.zeros_like(tokens)})
+        x = sampler.sample_unit(
+            model, cond, uncond, rng, self.schedule, frames, unit, self.plans(history),
+            sample.steps_per_stage if first else sample.video_steps_per_stage,
+            sample.guidance_scale if first else sample.video_guidance_scale,
+            use_cache=self.cache and history > 0)  # text sees frame 0: no cache there
+      return jax.lax.dynamic_update_slice_in_dim(frames, x.astype(frames.dtype), unit, axis=1)
+
+    self._unit_step = unit_step
+    self._decode = jax.jit(lambda c, z: c.decode(z))
+
+  def latents(self, params: nnx.State, tokens: jax.Array, rng: jax.Array,
+              prefix: jax.Array | None = None, on_frame=None) -> jax.Array:
+    """Latents [N, num_frames, h, w, C]; `prefix` [N, P, h, w, C] fixes the first P frames
+    (image-to-video: P = 1; video extension: more). on_frame(i) is called per new frame."""
+    frames = jnp.zeros((tokens.shape[0], self.num_frames) + self.shape, jnp.float32)
+    first = 0
+    if prefix is not None:
+      if prefix.shape[0] != tokens.shape[0] or tuple(prefix.shape[2:]) != self.shape:
+        raise ValueError(f'prefix latents {prefix.shape} do not fit [N={tokens.shape[0]}, P, '
+                         f'{", ".join(map(str, self.shape))}]')
+      first = prefix.shape[1]
+      if first >= self.num_frames:
+        raise ValueError(f'the prefix has {first} latent frames; nothing is left to generate '
+                         f'in {self.num_frames}')
+      frames = frames.at[:, :first].set(prefix)
+    for unit in range(first, self.num_frames):
+      frames = self._unit_step(params, tokens, frames, jnp.int32(unit), rng,
+                               history=self.history_length(unit), first=unit == 0)
+      if on_frame is not None:
+        jax.block_until_ready(frames)
+        on_frame(unit)
+    return frames
+
+  def history_length(self, unit: int) -> int:
+    """History frames the program of frame `unit` is compiled for."""
+    if unit == 0:
+      return 0
+    return self.window if self.pad_history else min(unit, self.window)
+
+  def decode(self, latents: jax.Array) -> jax.Array:
+    return self._decode(self.codec, latents)

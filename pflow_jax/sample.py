@@ -3,33 +3,53 @@ r"""Samples videos from a trained workdir.
   python -m pflow_jax.sample --workdir=runs/digits --prompt "a 3 moving left" \
       --num_samples 4 --out samples.mp4 [--steps_per_stage 20,20,20 --guidance_scale 7 --seed 0]
 
+With a model trained autoregressively (temporal.autoregressive) frames are
+generated one after another, and three more things work:
+  --num_frames 33            a video longer (or shorter) than the training clips
+  --image first.png          image-to-video: the image is encoded as frame 0
+  --video clip.mp4           video extension: continue the clip's frames
 Writes the video (.mp4 or .gif: the samples side by side) and a PNG frame grid
 next to it (one row per sample). Uses the EMA parameters of the latest (or
 --step) checkpoint and the config saved in the workdir.
 """
 
-import json
+from __future__ import annotations
+
 import os
 
 from absl import flags, logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
-from pflow_jax import config as config_lib
-from pflow_jax import cli, inference
+from pflow_jax import cli, config as config_lib, inference
+from pflow_jax.data import video_folder, video_io
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
-from pflow_jax.training import checkpoint, state as state_lib
-from pflow_jax.data import video_io
+from pflow_jax.training import checkpoint, loop, state as state_lib
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/).')
 _PROMPT = flags.DEFINE_string('prompt', None, 'Text prompt.')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 4, 'Videos to generate.')
 _OUT = flags.DEFINE_string('out', 'samples.mp4', 'Output video path (.mp4 or .gif).')
 _STEPS = flags.DEFINE_list('steps_per_stage', None,
-                           'Euler steps per pyramid stage (default: the config\'s).')
-_GUIDANCE = flags.DEFINE_float('guidance_scale', None, 'CFG scale (default: the config\'s).')
+                           'Euler steps per pyramid stage (of the first frame when '
+                           'autoregressive; default: the config\'s).')
+_GUIDANCE = flags.DEFINE_float('guidance_scale', None, 'CFG scale (first frame when '
+                               'autoregressive; default: the config\'s).')
+_VIDEO_STEPS = flags.DEFINE_list('video_steps_per_stage', None,
+                                 'Euler steps per stage of the later frames (autoregressive).')
+_VIDEO_GUIDANCE = flags.DEFINE_float('video_guidance_scale', None,
+                                     'CFG scale of the later frames (autoregressive).')
+_NUM_FRAMES = flags.DEFINE_integer('num_frames', None, 'Pixel frames to generate '
+                                   '(autoregressive; default: the training clips\').')
+_IMAGE = flags.DEFINE_string('image', None, 'Image-to-video: the first frame (PNG/JPEG).')
+_VIDEO = flags.DEFINE_string('video', None, 'Video extension: a clip to continue.')
+_WINDOW = flags.DEFINE_integer('history_window', None, 'History frames kept (default: config).')
+_CACHE = flags.DEFINE_bool('cache_history', None, 'Reuse history keys/values (default: config).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 _FPS = flags.DEFINE_integer('fps', None, 'Frames per second of the output (default: config).')
@@ -37,61 +57,117 @@ flags.mark_flags_as_required(['workdir', 'prompt'])
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: is {workdir} a training workdir?')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  config.rules = tuple(tuple(r) if not isinstance(r[1], list) else (r[0], tuple(r[1]))
-                       for r in config.rules)
+  config = loop.load_workdir_config(workdir)
   config_lib.validate(config)
   return config
 
 
-def run(workdir: str, prompt: str, num_samples: int, out: str, steps_per_stage, guidance_scale,
-        seed: int, step: int | None, fps: int | None) -> str:
+def load_params(config: ml_collections.ConfigDict, workdir: str, step: int | None):
+  """(graphdef, EMA parameters, step) on one device."""
+  mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
+  tx = state_lib.make_optimizer(config.optim)
+  graphdef, abstract, shardings = state_lib.state_shardings(config, mesh, tx)
+  params, step = checkpoint.restore_ema_params(workdir, abstract.ema_params,
+                                               shardings.ema_params, step)
+  return graphdef, params, step
+
+
+def conditioning_frames(config: ml_collections.ConfigDict, image: str | None,
+                        video: str | None, max_frames: int) -> np.ndarray | None:
+  """uint8 [T, H, W, C] pixel frames to continue: the image, or the video's first
+  1 + k * temporal_factor frames (at most max_frames), resized and centre-cropped."""
+  if image and video:
+    raise ValueError('give --image or --video, not both')
+  if not (image or video):
+    return None
+  if image:
+    if not os.path.exists(image):
+      raise FileNotFoundError(f'no image at {image}')
+    frames = np.asarray(Image.open(image).convert('RGB'))[None]
+  else:
+    frames = video_io.read_video(video)
+    tf = config.latent.temporal_factor
+    keep = 1 + (min(len(frames), max_frames) - 1) // tf * tf
+    frames = frames[:keep]
+  h, w = config_lib.image_hw(config.data)
+  frames = np.stack([video_folder.resize_and_crop(f, h, w) for f in frames])
+  if config.latent.pixel_channels == 1:
+    frames = np.asarray([np.asarray(Image.fromarray(f).convert('L')) for f in frames])[..., None]
+  return frames
+
+
+def run(workdir: str, prompt: str, num_samples: int, out: str, *, seed: int = 0,
+        step: int | None = None, fps: int | None = None, num_frames: int | None = None,
+        image: str | None = None, video: str | None = None,
+        overrides: dict | None = None) -> str:
+  """Samples into `out` (+ a PNG grid next to it); returns the grid's path.
+
+  overrides: `sample` section fields (steps, guidance, history window, cache).
+  """
   ext = os.path.splitext(out)[1].lower()
   if ext not in ('.mp4', '.gif'):
     raise ValueError(f'--out must end in .mp4 or .gif, got {out!r}')
   if num_samples < 1:
     raise ValueError(f'--num_samples must be >= 1, got {num_samples}')
   config = load_config(workdir)
-  steps = [int(s) for s in steps_per_stage] if steps_per_stage else config.sample.steps_per_stage
-  guidance = config.sample.guidance_scale if guidance_scale is None else guidance_scale
-
-  mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
-  tx = state_lib.make_optimizer(config.optim)
-  graphdef, abstract, shardings = state_lib.state_shardings(config, mesh, tx)
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  step = ckpt.latest_step() if step is None else step
-  if step is None or step not in ckpt.all_steps():
-    raise FileNotFoundError(f'no checkpoint {"" if step is None else step} in {ckpt.directory} '
-                            f'(have {ckpt.all_steps()})')
-  target = {'ema_params': jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract.ema_params, shardings.ema_params)}
-  params = ckpt.restore_subtree(step, target)['ema_params']
+  with config.unlocked():
+    config.sample.update({k: v for k, v in (overrides or {}).items() if v is not None})
+  config_lib.validate(config)
+  autoregressive = config.temporal.autoregressive
+  if not autoregressive and (num_frames or image or video):
+    raise ValueError('--num_frames, --image and --video need a model trained with '
+                     'temporal.autoregressive=True (this one generates whole clips)')
+  tf = config.latent.temporal_factor
+  pixel_frames = num_frames or config.data.num_frames
+  if (pixel_frames - 1) % tf:
+    raise ValueError(f'--num_frames {pixel_frames} must be 1 + a multiple of the latent '
+                     f'temporal factor {tf}')
+  graphdef, params, step = load_params(config, workdir, step)
   logging.info('sampling from step %d of %s', step, workdir)
-
   codec = latent_codec.make_codec(config.latent)
-  generate = inference.make_generate_fn(config, graphdef, codec, num_samples=num_samples,
-                                        steps_per_stage=steps, guidance_scale=guidance)
   tokens = inference.tokenize_prompts(config, [prompt] * num_samples)
-  with jax.set_mesh(mesh):
-    videos = inference.to_uint8(generate(params, tokens, jax.random.key(seed)))
+  rng = jax.random.key(seed)
+  if autoregressive:
+    latent_frames = 1 + (pixel_frames - 1) // tf
+    generator = inference.VideoGenerator(config, graphdef, codec, num_frames=latent_frames)
+    given = conditioning_frames(config, image, video, pixel_frames - tf)
+    prefix = None
+    if given is not None:
+      pixels = jnp.asarray(np.repeat(given[None], num_samples, 0), jnp.float32) / 127.5 - 1.0
+      prefix = jax.jit(lambda c, v: c.encode(v))(codec, pixels)
+      logging.info('continuing %d given frame(s) (%d latent)', len(given), prefix.shape[1])
+    bar = tqdm(total=latent_frames - (0 if prefix is None else prefix.shape[1]),
+               desc='frames', unit='latent frame')
+    latents = generator.latents(params, tokens, rng, prefix, on_frame=lambda _: bar.update(1))
+    bar.close()
+    videos = inference.to_uint8(generator.decode(latents))
+    if given is not None:  # show the given frames as they are, not re-decoded
+      videos[:, :len(given)] = given[None]
+  else:
+    generate = inference.make_generate_fn(
+        config, graphdef, codec, num_samples=num_samples,
+        steps_per_stage=config.sample.steps_per_stage,
+        guidance_scale=config.sample.guidance_scale)
+    videos = inference.to_uint8(generate(params, tokens, rng))
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   strip = np.concatenate(list(videos), axis=2)
   video_io.write_video(out, strip, fps=fps or config.sample.fps)
   grid = os.path.splitext(out)[0] + '.png'
   video_io.write_frame_grid(grid, videos)
-  ckpt.close()
   return grid
 
 
 def main(argv):
   del argv
-  grid = run(_WORKDIR.value, _PROMPT.value, _NUM_SAMPLES.value, _OUT.value, _STEPS.value,
-             _GUIDANCE.value, _SEED.value, _STEP.value, _FPS.value)
+  ints = lambda v: None if v is None else [int(s) for s in v]
+  grid = run(_WORKDIR.value, _PROMPT.value, _NUM_SAMPLES.value, _OUT.value, seed=_SEED.value,
+             step=_STEP.value, fps=_FPS.value, num_frames=_NUM_FRAMES.value,
+             image=_IMAGE.value, video=_VIDEO.value,
+             overrides=dict(steps_per_stage=ints(_STEPS.value),
+                            guidance_scale=_GUIDANCE.value,
+                            video_steps_per_stage=ints(_VIDEO_STEPS.value),
+                            video_guidance_scale=_VIDEO_GUIDANCE.value,
+                            history_window=_WINDOW.value, cache_history=_CACHE.value))
   print(f'wrote {_OUT.value} and {grid}')
 
 

@@ -140,3 +140,50 @@ def test_incompatible_checkpoint_is_an_error(tmp_path, data_dir, reference_run):
                                                  '--config.train.num_steps=10',
                                                  '--config.model.num_layers=3'))
   assert code != 0 and 'cannot restore checkpoint' in out and 'Traceback' not in out
+
+
+def test_autoregressive_train_then_image_to_video_and_longer_video(tmp_path, data_dir):
+  """The temporal pyramid from the command line: train, then continue a test image into a
+  video longer than the training clips."""
+  workdir = str(tmp_path / 'ar')
+  code, out = run('pflow_jax.train', '--config=configs/moving_digits.py:tiny,ar',
+                  f'--workdir={workdir}', f'--config.data.data_dir={data_dir}')
+  assert code == 0, out
+  from PIL import Image
+  import numpy as np
+  image = str(tmp_path / 'first.png')
+  Image.fromarray(np.tile(np.arange(32, dtype=np.uint8)[:, None] * 8, (1, 32))).save(image)
+  video = str(tmp_path / 'i2v.gif')
+  code, out = run('pflow_jax.sample', f'--workdir={workdir}', '--prompt=a 3 moving left',
+                  '--num_samples=1', f'--out={video}', f'--image={image}', '--num_frames=5')
+  assert code == 0, out
+  from pflow_jax.data import video_io
+  frames = video_io.read_video(video)
+  assert frames.shape[:3] == (5, 32, 32)
+  # The first frame is the given image (greyscale, exact up to the GIF palette).
+  np.testing.assert_allclose(frames[0, :, :, 0], np.asarray(Image.open(image).convert('L')),
+                             atol=3)
+
+
+def test_image_to_video_needs_an_autoregressive_model(tmp_path, reference_run):
+  image = str(tmp_path / 'first.png')
+  from PIL import Image
+  Image.new('L', (32, 32)).save(image)
+  code, out = run('pflow_jax.sample', f'--workdir={reference_run}', '--prompt=a 3',
+                  f'--out={tmp_path / "x.mp4"}', f'--image={image}')
+  assert code != 0 and 'temporal.autoregressive' in out and 'Traceback' not in out
+  assert not (tmp_path / 'x.mp4').exists()
+
+
+def test_sweep_commands_are_valid_overrides(tmp_path):
+  """Every run of the ablation sweep parses as config overrides (each stops at validation,
+  on the one value made invalid on purpose, after the overrides were applied)."""
+  sys.path.insert(0, os.path.join(ROOT, 'launch'))
+  import sweep
+  commands = sweep.commands(os.path.join(ROOT, 'configs/sweeps/pyramid_ablation.py'),
+                            'configs/moving_digits.py', str(tmp_path))
+  assert len(commands) == 4
+  assert any("--config.pyramid.sample_ratios=(1, )" in c for c in commands[0])
+  for cmd in commands:
+    code, out = run(cmd[2], *cmd[3:], '--config.train.num_steps=0')
+    assert code != 0 and 'train.num_steps must be >= 1' in out, out

@@ -45,7 +45,7 @@ def test_interface():
 
 def test_default_normalisation_whitens_moving_digits():
   """The proposed shift/scale give ~zero-mean, unit-variance latents on the default data."""
-  cfg = md.MovingDigitsConfig()  # 64x64, 8 frames, 1-2 digits
+  cfg = md.MovingDigitsConfig()  # 64x64, 1-2 digits
   video = np.stack([md.generate_example(i, cfg, 'train')['video'] for i in range(4000, 4256)])
   latents = np.asarray(latent_codec.SpaceToDepthCodec().encode(
       jnp.asarray(video, jnp.float32) / 127.5 - 1))
@@ -55,7 +55,8 @@ def test_default_normalisation_whitens_moving_digits():
 def test_make_codec_from_config():
   cfg = config_lib.base_config().latent
   codec = latent_codec.make_codec(cfg)
-  assert codec == latent_codec.SpaceToDepthCodec(cfg.factor, cfg.channels, cfg.shift, cfg.scale)
+  assert codec == latent_codec.SpaceToDepthCodec(cfg.factor, cfg.pixel_channels, cfg.shift,
+                                                 cfg.scale)
   with pytest.raises(ValueError, match='kind'):
     latent_codec.make_codec({**cfg.to_dict(), 'kind': 'vq'})
 

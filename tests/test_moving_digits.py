@@ -131,8 +131,9 @@ def test_every_parameter_is_part_of_the_dataset_identity():
   names = {TINY.name}
   for field in dataclasses.fields(md.MovingDigitsConfig):
     value = getattr(TINY, field.name)
+    step = -1 if field.name == 'digit_size' else 1   # 28 is its largest value
     changed = dataclasses.replace(TINY, **{field.name: value / 2 if isinstance(value, float)
-                                           else value + 1})
+                                           else value + step})
     names.add(changed.name)
     assert md.dataset_dir('d', changed) != md.dataset_dir('d', TINY)
   assert len(names) == 1 + len(dataclasses.fields(md.MovingDigitsConfig))
@@ -204,3 +205,25 @@ def test_command_line_builds_the_dataset(tmp_path):
   assert f'dataset: {md.dataset_dir(str(tmp_path), cfg)}' in out.stdout
   assert len(md.load_moving_digits(str(tmp_path), cfg, 'train')) == 4
   assert os.path.getsize(tmp_path / 'preview.png') > 0
+
+
+def test_resized_digits_are_the_real_digits_smaller():
+  cfg = md.MovingDigitsConfig(image_size=32, digit_size=16, num_frames=3, max_digits=1,
+                              train_size=4, test_size=1)
+  small = md.digit_images(16)
+  images, _ = md.mnist_digits()
+  assert small.shape == (5000, 16, 16)
+  # Antialiased downscaling keeps the ink: the total intensity scales with the area.
+  ratio = small[:200].astype(float).sum(axis=(1, 2)) / images[:200].astype(float).sum(axis=(1, 2))
+  np.testing.assert_allclose(np.median(ratio), (16 / 28) ** 2, rtol=0.15)
+  for i in range(cfg.train_size):
+    ex = md.generate_example(i, cfg, 'train')
+    frame, digit = ex['video'][0, ..., 0], small[ex['source_index'][0]]
+    rows, cols = np.nonzero(frame)
+    drows, dcols = np.nonzero(digit)
+    y, x = rows.min() - drows.min(), cols.min() - dcols.min()
+    canvas = np.zeros_like(frame)
+    canvas[y:y + 16, x:x + 16] = digit
+    np.testing.assert_array_equal(frame, canvas)
+  with pytest.raises(ValueError, match='digit_size'):
+    md.MovingDigitsConfig(digit_size=40)

@@ -14,6 +14,7 @@ from pflow_jax.training import checkpoint, state as state_lib, step as step_lib
 def tiny_config(**batch):
   config = moving_digits.get_config('tiny')
   config.data.global_batch_size = batch.get('global_batch_size', 24)
+  config.dtype = 'float32'   # parity to fp32 tolerance
   return config
 
 
@@ -22,8 +23,8 @@ def run_steps(config, mesh, batches):
   tx = state_lib.make_optimizer(config.optim)
   graphdef, _, shardings = state_lib.state_shardings(config, mesh, tx)
   state = state_lib.init_state(config, mesh, tx, shardings)
-  step = step_lib.jit_train_step(step_lib.make_train_step(config, graphdef, codec, tx), mesh,
-                                 config, shardings, batches[0])
+  step = step_lib.jit_train_step(step_lib.make_train_step(config, graphdef, tx), mesh,
+                                 config, shardings, batches[0], codec)
   losses = []
   with jax.set_mesh(mesh):
     for batch in batches:

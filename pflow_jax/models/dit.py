@@ -56,7 +56,9 @@ Logical axis names are listed in layers.py.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -99,6 +101,11 @@ class DiTConfig:
   mlp_ratio: MLP hidden = mlp_ratio * hidden size.
   attention: attention implementation, 'xla' or 'cudnn' (layers.attention).
   remat: rematerialise each block in the backward pass.
+  history_conditioning: how the temporal pyramid's history tokens (and the
+    text stream) are modulated: 'timestep' (official: by the target's timestep
+    embedding, like every token) or 'clean' (by the embedding of timestep 0,
+    as what they are: clean frames). 'clean' makes their keys and values
+    independent of the target, so autoregressive sampling caches them.
   """
   sample_size: int = 128
   patch_size: int = 2
@@ -118,6 +125,7 @@ class DiTConfig:
   mlp_ratio: float = 4.0
   attention: str = 'xla'
   remat: bool = False
+  history_conditioning: str = 'timestep'
 
   def __post_init__(self):
     axes = (self.attention_head_dim,) if self.rope_axes_dim is None else self.rope_axes_dim
@@ -140,6 +148,9 @@ class DiTConfig:
       raise ValueError(f"qk_norm must be 'rms_norm' or None, got {self.qk_norm!r}")
     if self.attention not in layers.ATTENTION_IMPLS:
       raise ValueError(f'attention must be one of {layers.ATTENTION_IMPLS}, got {self.attention!r}')
+    if self.history_conditioning not in ('timestep', 'clean'):
+      raise ValueError(f"history_conditioning must be 'timestep' or 'clean', got "
+                       f'{self.history_conditioning!r}')
     if self.sample_size % self.patch_size:
       raise ValueError(f'sample_size {self.sample_size} is not divisible by patch_size '
                        f'{self.patch_size}')
@@ -317,29 +328,57 @@ class JointAttention(nnx.Module):
     y = proj(x, length_axis).reshape(*x.shape[:2], self.heads, self.head_dim)
     return y if norm is None else norm(y)
 
-  def __call__(self, x: Array, context: Array, rope: Array | None,
-               mask: Array | None) -> tuple[Array, Array | None]:
-    text_len = context.shape[1]
+  def _video_qkv(self, x: Array) -> tuple[Array, Array, Array]:
+    return (self._heads(self.to_q, x, self.norm_q, 'length'),
+            self._heads(self.to_k, x, self.norm_k, 'length'),
+            self._heads(self.to_v, x, None, 'length'))
+
+  def _attend(self, q: Array, k: Array, v: Array, mask: Array | None) -> Array:
     qkv_axes = ('batch', 'length', 'heads', 'kv')
-    txt, vid = 'text_length', 'length'
-    q = jnp.concatenate([self._heads(self.add_q_proj, context, self.norm_add_q, txt),
-                         self._heads(self.to_q, x, self.norm_q, vid)], axis=1)
-    k = jnp.concatenate([self._heads(self.add_k_proj, context, self.norm_add_k, txt),
-                         self._heads(self.to_k, x, self.norm_k, vid)], axis=1)
-    v = jnp.concatenate([self._heads(self.add_v_proj, context, None, txt),
-                         self._heads(self.to_v, x, None, vid)], axis=1)
-    if rope is not None:
-      q, k = layers.apply_rope(q, rope), layers.apply_rope(k, rope)
     q, k, v = (rules.constrain(a, qkv_axes) for a in (q, k, v))
     out = layers.attention(q, k, v, mask=mask, impl=self.impl)
-    out = rules.constrain(out, qkv_axes).reshape(*out.shape[:2], -1)
+    return rules.constrain(out, qkv_axes).reshape(*out.shape[:2], -1)
+
+  def __call__(self, x: Array, context: Array, rope: Array | None, mask: Array | None,
+               return_kv: bool = False):
+    """(video out, text out | None), plus the joint (k, v) [B, Lt + Lv, H, D] if return_kv."""
+    text_len = context.shape[1]
+    txt = 'text_length'
+    vq, vk, vv = self._video_qkv(x)
+    q = jnp.concatenate([self._heads(self.add_q_proj, context, self.norm_add_q, txt), vq], 1)
+    k = jnp.concatenate([self._heads(self.add_k_proj, context, self.norm_add_k, txt), vk], 1)
+    v = jnp.concatenate([self._heads(self.add_v_proj, context, None, txt), vv], axis=1)
+    if rope is not None:
+      q, k = layers.apply_rope(q, rope), layers.apply_rope(k, rope)
+    out = self._attend(q, k, v, mask)
     video = self.to_out(out[:, text_len:])
     text = None if self.to_add_out is None else self.to_add_out(out[:, :text_len], txt)
-    return video, text
+    return (video, text, (k, v)) if return_kv else (video, text)
+
+  def cached(self, x: Array, rope: Array | None, kv: tuple[Array, Array],
+             mask: Array | None) -> Array:
+    """Video out of tokens x attending to the cached (k, v) of earlier tokens and to x.
+
+    rope covers x only; the cache holds keys already rotated.
+    """
+    q, k, v = self._video_qkv(x)
+    if rope is not None:
+      q, k = layers.apply_rope(q, rope), layers.apply_rope(k, rope)
+    out = self._attend(q, jnp.concatenate([kv[0], k], 1), jnp.concatenate([kv[1], v], 1), mask)
+    return self.to_out(out)
+
+
+# A conditioning group: video tokens [start, stop) modulated by temb [B, D].
+Group = tuple[int, int, Array]
 
 
 class JointTransformerBlock(nnx.Module):
-  """MM-DiT block (SD3): adaLN-Zero per stream, joint attention, per-stream MLPs."""
+  """MM-DiT block (SD3): adaLN-Zero per stream, joint attention, per-stream MLPs.
+
+  Video tokens may be split into contiguous conditioning groups, each
+  modulated by its own embedding (the temporal pyramid's clean history and its
+  noisy target); the official model has one group per sample.
+  """
 
   def __init__(self, cfg: DiTConfig, *, context_pre_only: bool, dtype: jnp.dtype,
                param_dtype: jnp.dtype, rngs: nnx.Rngs):
@@ -357,31 +396,65 @@ class JointTransformerBlock(nnx.Module):
     self.ff = layers.FeedForward(dim, hidden, **kw)
     self.ff_context = None if context_pre_only else layers.FeedForward(dim, hidden, **kw)
 
-  def __call__(self, x: Array, context: Array, temb: Array, rope: Array | None,
-               mask: Array | None) -> tuple[Array, Array | None]:
-    norm_x, (gate_msa, shift_mlp, scale_mlp, gate_mlp) = self.norm1(x, temb)
+  def _video_update(self, x: Array, groups: list[Group], attend) -> Array:
+    """adaLN-Zero attention and MLP residuals of the video stream, per group."""
+    normed = [self.norm1(x[:, a:b], emb) for a, b, emb in groups]
+    attn_x = attend(jnp.concatenate([n for n, _ in normed], axis=1))
+    parts = [layers.gated_residual(x[:, a:b], mods[0], attn_x[:, a:b])
+             for (a, b, _), (_, mods) in zip(groups, normed)]
+    h = jnp.concatenate([layers.modulate(layers.layer_norm(xp), mods[1], mods[2])
+                         for xp, (_, mods) in zip(parts, normed)], axis=1).astype(self.dtype)
+    f = self.ff(h)
+    x = jnp.concatenate([layers.gated_residual(xp, mods[3], f[:, a:b])
+                         for xp, (a, b, _), (_, mods) in zip(parts, groups, normed)], axis=1)
+    return rules.constrain(x, ('batch', 'length', 'embed'))
+
+  def __call__(self, x: Array, context: Array, groups: list[Group], context_temb: Array,
+               rope: Array | None, mask: Array | None, return_kv: bool = False):
+    """(x, context | None[, (k, v) of [text; video]]) after the block."""
     if self.context_pre_only:
-      norm_c = self.norm1_context(context, temb)
+      norm_c = self.norm1_context(context, context_temb)
     else:
       norm_c, (c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp) = self.norm1_context(
-          context, temb)
-    attn_x, attn_c = self.attn(norm_x, norm_c, rope, mask)
+          context, context_temb)
+    outputs = {}
 
-    x = layers.gated_residual(x, gate_msa, attn_x)
-    h = layers.modulate(layers.layer_norm(x), shift_mlp, scale_mlp).astype(self.dtype)
-    x = layers.gated_residual(x, gate_mlp, self.ff(h))
-    x = rules.constrain(x, ('batch', 'length', 'embed'))
+    def attend(norm_x):
+      result = self.attn(norm_x, norm_c, rope, mask, return_kv)
+      outputs['text'], outputs['kv'] = result[1], result[2] if return_kv else None
+      return result[0]
+
+    x = self._video_update(x, groups, attend)
     if self.context_pre_only:
-      return x, None
+      context = None
+    else:
+      context = layers.gated_residual(context, c_gate_msa, outputs['text'])
+      h = layers.modulate(layers.layer_norm(context), c_shift_mlp, c_scale_mlp).astype(self.dtype)
+      context = layers.gated_residual(context, c_gate_mlp, self.ff_context(h, 'text_length'))
+      context = rules.constrain(context, ('batch', 'text_length', 'embed'))
+    return (x, context, outputs['kv']) if return_kv else (x, context)
 
-    context = layers.gated_residual(context, c_gate_msa, attn_c)
-    h = layers.modulate(layers.layer_norm(context), c_shift_mlp, c_scale_mlp).astype(self.dtype)
-    context = layers.gated_residual(context, c_gate_mlp, self.ff_context(h, 'text_length'))
-    return x, rules.constrain(context, ('batch', 'text_length', 'embed'))
+  def cached(self, x: Array, temb: Array, rope: Array | None, kv: tuple[Array, Array],
+             mask: Array | None) -> Array:
+    """The video update of tokens x that attend to cached (k, v) of [text; history] and to x."""
+    return self._video_update(x, [(0, x.shape[1], temb)],
+                              lambda norm_x: self.attn.cached(norm_x, rope, kv, mask))
 
 
-def _run_block(block: JointTransformerBlock, x, context, temb, rope, mask):
-  return block(x, context, temb, rope, mask)
+def _run_block(block: JointTransformerBlock, x, context, temb, context_temb, rope, mask, *,
+               bounds: tuple[tuple[int, int, bool], ...]):
+  """One block; bounds are static (start, stop, uses context_temb) video token groups."""
+  groups = [(a, b, context_temb if clean else temb) for a, b, clean in bounds]
+  return block(x, context, groups, context_temb, rope, mask)
+
+
+class Conditions(NamedTuple):
+  """What conditions the blocks: temb [B, D] modulates the (target) video tokens;
+  context_temb [B, D] the text stream and the history tokens (== temb unless
+  history_conditioning is 'clean'); context [B, Lt, D] is the projected text."""
+  temb: Array
+  context_temb: Array
+  context: Array
 
 
 class PyramidDiT(nnx.Module):
@@ -424,8 +497,8 @@ class PyramidDiT(nnx.Module):
     """
     return self.pos_embed(latents, full_size=full_size, frame_offset=frame_offset)
 
-  def embed_conditions(self, timesteps: Array, text: dict[str, Array]) -> tuple[Array, Array]:
-    """(temb [B, D] fp32, context [B, L, D]) from timesteps [B] and the text dict."""
+  def embed_conditions(self, timesteps: Array, text: dict[str, Array]) -> Conditions:
+    """The embeddings that condition the blocks, from timesteps [B] and the text dict."""
     cfg = self.cfg
     missing = {'seq', 'mask', 'pooled'} - set(text)
     if missing:
@@ -441,28 +514,79 @@ class PyramidDiT(nnx.Module):
     if timesteps.shape != (seq.shape[0],):
       raise ValueError(f'timesteps must be [{seq.shape[0]}], got {timesteps.shape}')
     temb = self.time_text_embed(timesteps, pooled)
-    return temb, self.context_embedder(seq, 'text_length')
+    context_temb = temb
+    if cfg.history_conditioning == 'clean':
+      context_temb = self.time_text_embed(jnp.zeros_like(timesteps), pooled)
+    return Conditions(temb, context_temb, self.context_embedder(seq, 'text_length'))
 
-  def forward_tokens(self, tokens: Array, context: Array, temb: Array, positions: Array,
-                     mask: Array | None = None) -> Array:
-    """The block stack: video tokens [B, N, D] -> patch outputs [B, N, p*p*C] (fp32).
+  def _rope(self, positions: Array, text_length: int | None) -> Array | None:
+    """RoPE angles of [text (at position 0, if text_length); video positions]."""
+    cfg = self.cfg
+    if not cfg.rope_axes_dim:
+      return None
+    axes = positions[..., :1] if len(cfg.rope_axes_dim) == 1 else positions
+    if text_length:
+      text_axes = jnp.zeros((axes.shape[0], text_length, axes.shape[-1]), axes.dtype)
+      axes = jnp.concatenate([text_axes, axes], axis=1)
+    return layers.rope_angles(axes, cfg.rope_axes_dim, cfg.rope_theta)
+
+  def _blocks(self, x: Array, cond: Conditions, bounds: tuple[tuple[int, int, bool], ...],
+              rope: Array | None, mask: Array | None) -> Array:
+    run = functools.partial(_run_block, bounds=bounds)
+    run = nnx.remat(run) if self.cfg.remat else run
+    context = cond.context
+    for block in self.transformer_blocks:
+      x, context = run(block, x, context, cond.temb, cond.context_temb, rope, mask)
+    return x
+
+  def _output(self, x: Array, temb: Array) -> Array:
+    return self.proj_out(self.norm_out(x, temb)).astype(jnp.float32)
+
+  def forward_tokens(self, tokens: Array, cond: Conditions, positions: Array,
+                     mask: Array | None = None, *, history: int = 0) -> Array:
+    """The block stack on video tokens [B, N, D]; patch outputs [B, N - history, p*p*C] (fp32).
 
     positions [B | 1, N, 3] (frame, y, x) feed the RoPE; mask (bool, [B, 1 | Lq, Lk]
-    over [text; video]) as from `joint_attention_mask`.
+    over [text; video]). The first `history` tokens are conditioning only (the
+    temporal pyramid's history): no output, and with history_conditioning
+    'clean' they are modulated by the clean-timestep embedding, like the text.
     """
-    cfg = self.cfg
-    rope = None
-    if cfg.rope_axes_dim:
-      axes = positions[..., :1] if len(cfg.rope_axes_dim) == 1 else positions
-      text_axes = jnp.zeros((axes.shape[0], context.shape[1], axes.shape[-1]), axes.dtype)
-      rope = layers.rope_angles(jnp.concatenate([text_axes, axes], axis=1), cfg.rope_axes_dim,
-                                cfg.rope_theta)
-    run = nnx.remat(_run_block) if cfg.remat else _run_block
-    x = tokens
+    split = history and self.cfg.history_conditioning == 'clean'
+    n = tokens.shape[1]
+    bounds = ((0, history, True), (history, n, False)) if split else ((0, n, False),)
+    x = self._blocks(tokens, cond, bounds, self._rope(positions, cond.context.shape[1]), mask)
+    return self._output(x[:, history:], cond.temb)
+
+  def history_kv(self, tokens: Array, cond: Conditions, positions: Array,
+                 mask: Array | None) -> list[tuple[Array, Array]]:
+    """Per block, the (k, v) [B, Lt + N, H, D] of [text; history tokens].
+
+    Valid only with history_conditioning 'clean' (they do not depend on the
+    target's timestep) and when no text or history token attends to later
+    tokens (the block-causal mask of a target after frame 0).
+    """
+    if self.cfg.history_conditioning != 'clean':
+      raise ValueError("history keys/values depend on the target's timestep unless "
+                       "history_conditioning is 'clean'; they cannot be cached")
+    rope = self._rope(positions, cond.context.shape[1])
+    x, context, cache = tokens, cond.context, []
     for block in self.transformer_blocks:
-      x, context = run(block, x, context, temb, rope, mask)
-    x = self.norm_out(x, temb)
-    return self.proj_out(x).astype(jnp.float32)
+      x, context, kv = block(x, context, [(0, x.shape[1], cond.context_temb)], cond.context_temb,
+                             rope, mask, return_kv=True)
+      cache.append(kv)
+    return cache
+
+  def forward_cached(self, tokens: Array, cond: Conditions, positions: Array,
+                     cache: list[tuple[Array, Array]], mask: Array | None) -> Array:
+    """Patch outputs of target tokens [B, N, D] attending to `history_kv`'s cache and themselves.
+
+    mask: bool [B, 1 | N, Lcache + N] over [cached tokens; targets].
+    """
+    rope = self._rope(positions, None)
+    x = tokens
+    for block, kv in zip(self.transformer_blocks, cache, strict=True):
+      x = block.cached(x, cond.temb, rope, kv, mask)
+    return self._output(x, cond.temb)
 
   def unpatchify(self, patches: Array, grid: tuple[int, int, int]) -> Array:
     """[B, T*h*w, p*p*C] -> [B, T, h*p, w*p, C] for a clip of (T, h, w) tokens."""
@@ -480,14 +604,14 @@ class PyramidDiT(nnx.Module):
     official model uses the clip's own size (None) for a stage's target.
     """
     tokens, positions = self.embed_clip(latents, full_size=full_size)
-    temb, context = self.embed_conditions(timesteps, text)
-    if latents.shape[0] != context.shape[0]:
-      raise ValueError(f'latents batch {latents.shape[0]} != text batch {context.shape[0]}')
+    cond = self.embed_conditions(timesteps, text)
+    if latents.shape[0] != cond.context.shape[0]:
+      raise ValueError(f'latents batch {latents.shape[0]} != text batch {cond.context.shape[0]}')
     b, t, h, w, _ = latents.shape
     causal = self.cfg.use_temporal_causal and t > 1
     mask = joint_attention_mask(text['mask'], tokens.shape[1],
                                 frames=positions[..., 0] if causal else None)
-    out = self.forward_tokens(tokens, context, temb, positions, mask)
+    out = self.forward_tokens(tokens, cond, positions, mask)
     p = self.cfg.patch_size
     return self.unpatchify(out, (t, h // p, w // p))
 

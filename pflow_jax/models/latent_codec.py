@@ -37,11 +37,13 @@ class LatentCodec(Protocol):
     """Normalised latents -> float video in [-1, 1] (the inverse of encode)."""
 
 
+@jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
 class SpaceToDepthCodec:
   """Folds factor x factor pixel blocks into channels: [B,T,H,W,C] -> [B,T,H/f,W/f,f*f*C].
 
   Latent channel (dy * f + dx) * C + c holds pixel (f*i + dy, f*j + dx, c).
+  A pytree without leaves, so it passes through `jax.jit` like a VAECodec.
   """
   factor: int = 4
   channels: int = 1
@@ -87,10 +89,26 @@ class SpaceToDepthCodec:
     return z.reshape(b, t, h * f, w * f, c)
 
 
+def normalisation(codec: LatentCodec) -> dict[str, float] | None:
+  """The VAE latent normalisation constants a codec applies (None for space-to-depth)."""
+  vae_config = getattr(codec, 'config', None)
+  if vae_config is None:
+    return None
+  return {k: float(getattr(vae_config, k)) for k in (
+      'first_frame_shift', 'first_frame_scale', 'video_shift', 'video_scale')}
+
+
 def make_codec(config: Mapping[str, Any]) -> LatentCodec:
-  """The codec named by `config['kind']` (the `latent` section of the experiment config)."""
+  """The codec named by `config['kind']` (the `latent` section of the experiment config).
+
+  'vae' loads the EMA weights of the latest checkpoint in `config['vae_workdir']`
+  and checks its factors and channels against the config.
+  """
   kind = config['kind']
   if kind == 'space_to_depth':
-    return SpaceToDepthCodec(factor=int(config['factor']), channels=int(config['channels']),
+    return SpaceToDepthCodec(factor=int(config['factor']), channels=int(config['pixel_channels']),
                              shift=float(config['shift']), scale=float(config['scale']))
-  raise ValueError(f"unknown latent codec kind {kind!r}; known: 'space_to_depth'")
+  if kind == 'vae':
+    from pflow_jax.training import vae_loop  # the trained VAE lives in a training workdir
+    return vae_loop.load_codec(config)
+  raise ValueError(f"unknown latent codec kind {kind!r}; known: 'space_to_depth', 'vae'")

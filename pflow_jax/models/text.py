@@ -70,15 +70,22 @@ class ToyTextEncoder(nnx.Module):
   Padding positions are ordinary tokens inside the encoder (as in CLIP), so
   every caption, the empty one included, has a learned encoding; the returned
   mask marks the caption's own bytes, which the DiT's joint attention uses.
-  'pooled' is a projection of the mean over all positions.
+  'pooled' is a projection of the mean over all positions. With pool > 1 the
+  sequence handed to the DiT is averaged over non-overlapping windows of
+  `pool` bytes (a window is valid if it holds a caption byte): bytes are a
+  long way to spell a few words, and the DiT's text stream costs as much per
+  token as its video stream.
   """
 
   def __init__(self, vocab_size: int = BYTE_VOCAB, width: int = 128, num_layers: int = 2,
                num_heads: int = 4, max_length: int = 64, seq_dim: int = 128,
-               pooled_dim: int = 128, *, dtype: jnp.dtype = jnp.float32,
+               pooled_dim: int = 128, pool: int = 1, *, dtype: jnp.dtype = jnp.float32,
                param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    if pool < 1 or max_length % pool:
+      raise ValueError(f'pool {pool} must be >= 1 and divide max_length {max_length}')
     self.vocab_size = vocab_size
     self.max_length = max_length
+    self.pool = pool
     self.dtype = dtype
     init = nnx.initializers.normal(0.02)
     self.token_embed = nnx.Embed(vocab_size, width, dtype=dtype, param_dtype=param_dtype,
@@ -107,8 +114,15 @@ class ToyTextEncoder(nnx.Module):
       x = layer(x)
     x = self.norm_out(x)
     pooled = jnp.mean(x.astype(jnp.float32), axis=1)
+    mask = tokens != PAD
+    if self.pool > 1:
+      if length % self.pool:
+        raise ValueError(f'token length {length} is not divisible by pool {self.pool}')
+      b, d = x.shape[0], x.shape[-1]
+      x = x.reshape(b, length // self.pool, self.pool, d).mean(axis=2)
+      mask = mask.reshape(b, length // self.pool, self.pool).any(axis=2)
     return {'seq': self.seq_proj(x, 'text_length'),
-            'mask': tokens != PAD,
+            'mask': mask,
             'pooled': self.pooled_proj(pooled.astype(self.dtype))}
 
 

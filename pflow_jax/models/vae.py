@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 import dataclasses
 from typing import Any, NamedTuple
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,24 +36,6 @@ from pflow_jax.models import vae_blocks as blocks
 from pflow_jax.parallel import rules
 
 Array = jax.Array
-
-# Logical axes -> mesh axes for the VAE (mesh axes: data, fsdp, sequence, tensor).
-# Frames stay whole on each device (causal convs and the chunk carry run along
-# time); large frames are split over height and width, where XLA adds the conv
-# halo exchanges. Weights (1.3 GB in fp32 at official size) are replicated:
-# ('conv_out', 'fsdp') would store them split, but only when every conv's
-# output width divides the fsdp size, and the pixel conv_out has 3.
-RULES: rules.Rules = (
-    ('batch', ('data', 'fsdp')),
-    ('frames', None),
-    ('height', 'sequence'),
-    ('width', 'tensor'),
-    ('channels', None),
-    ('conv_in', None),
-    ('conv_out', None),
-    ('norm', None),
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class VAEConfig:
@@ -197,12 +180,16 @@ class Decoder(nnx.Module):
     self.conv_norm_out = blocks.GroupNorm(rev[-1], c.norm_num_groups, epsilon=c.norm_eps, **kw)
     self.conv_out = blocks.CausalConv3d(rev[-1], c.out_channels, 3, **kw)
 
-  def __call__(self, z: Array, cache: blocks.TemporalCache | None = None) -> Array:
+  def features(self, z: Array, cache: blocks.TemporalCache | None = None) -> Array:
+    """Everything before `conv_out` (the GAN's adaptive weight probes that last layer)."""
     x = rules.constrain(self.conv_in(z, cache), blocks.VIDEO_AXES)
     x = self.mid_block(x, cache)
     for block in self.up_blocks:
       x = block(x, cache)
-    return self.conv_out(nnx.silu(self.conv_norm_out(x)), cache)
+    return nnx.silu(self.conv_norm_out(x))
+
+  def __call__(self, z: Array, cache: blocks.TemporalCache | None = None) -> Array:
+    return self.conv_out(self.features(z, cache), cache)
 
 
 class CausalVAE(nnx.Module):
@@ -476,25 +463,29 @@ def decode_tiled(vae: CausalVAE, latents: Array, *, tile: int, overlap: int,
 # --- LatentCodec -------------------------------------------------------------------------
 
 
+@flax.struct.dataclass
 class VAECodec:
   """The causal VAE as a LatentCodec: video in [-1, 1] <-> normalised latents.
 
-  Encoding takes the posterior mean (deterministic). Chunking and tiling are
-  used when set: `chunk_frames` pixel frames per encode step and
-  `chunk_latents` latent frames per decode step (exact), and `tile` /
-  `tile_overlap` in pixels for frames larger than `tile` (approximate).
-  Decoded videos are not clipped.
+  A pytree whose leaves are the VAE parameters, so jitted functions take it as
+  an argument (the weights never become compile-time constants). Encoding
+  takes the posterior mean (deterministic). `chunk_frames` pixel frames per
+  encode step and `chunk_latents` latent frames per decode step run the video
+  chunk by chunk (exact); `tile` / `tile_overlap` in pixels split frames larger
+  than `tile` (approximate). Decoded videos are not clipped.
   """
+  graphdef: nnx.GraphDef = flax.struct.field(pytree_node=False)
+  state: nnx.State
+  config: VAEConfig = flax.struct.field(pytree_node=False)
+  chunk_frames: int | None = flax.struct.field(pytree_node=False, default=None)
+  chunk_latents: int | None = flax.struct.field(pytree_node=False, default=None)
+  tile: int | None = flax.struct.field(pytree_node=False, default=None)
+  tile_overlap: int = flax.struct.field(pytree_node=False, default=0)
 
-  def __init__(self, vae: CausalVAE, *, chunk_frames: int | None = None,
-               chunk_latents: int | None = None, tile: int | None = None,
-               tile_overlap: int = 0):
-    self.config = vae.config
-    self._graphdef, self._state = nnx.split(vae)
-    self.chunk_frames = chunk_frames
-    self.chunk_latents = chunk_latents
-    self.tile = tile
-    self.tile_overlap = tile_overlap
+  @classmethod
+  def from_vae(cls, vae: CausalVAE, **options) -> VAECodec:
+    graphdef, state = nnx.split(vae)
+    return cls(graphdef=graphdef, state=state, config=vae.config, **options)
 
   @property
   def latent_channels(self) -> int:
@@ -509,7 +500,7 @@ class VAECodec:
     return self.config.temporal_factor
 
   def _vae(self) -> CausalVAE:
-    return nnx.merge(self._graphdef, self._state)
+    return nnx.merge(self.graphdef, self.state)
 
   def encode(self, video: Array) -> Array:
     vae = self._vae()

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from pflow_jax.pyramid import temporal
 from pflow_jax.pyramid.schedule import PyramidSchedule
 
 # velocity_fn(x [b, T, h, w, C], timesteps [b] float32 on the 0..N scale, cond) -> v like x.
@@ -173,4 +174,72 @@ def pyramid_flow_loss(velocity_fn: VelocityFn, latents: jax.Array, cond: Any, rn
     total = total + per_sample.sum()
     per_stage.append(per_sample.mean())
   # The mean over the batch of per-sample means, as official calculate_loss.
+  return total / batch, {'loss_per_stage': jnp.stack(per_stage)}
+
+
+# unit_velocity_fn(target [b, 1, h, w, C] (noisy), history [per plan level: b, W, h_l, w_l, C],
+#                  num_history: int32 scalar, plan, timesteps [b], cond) -> velocity like target.
+UnitVelocityFn = Callable[..., jax.Array]
+
+
+def temporal_pyramid_flow_loss(unit_velocity_fn: UnitVelocityFn, latents: jax.Array, cond: Any,
+                               rng: jax.Array, schedule: PyramidSchedule,
+                               sample_ratios: Sequence[int], units: jax.Array,
+                               plans: Sequence[Any], corrupt_ratio: float = 1 / 3
+                               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The official autoregressive loss with the temporal pyramid (frame_per_unit 1).
+
+  As `pyramid_flow_loss`, the batch is split into stage columns, each with its
+  view of one full-resolution noise draw and its own timesteps; stage k's
+  column holds units[k] units (int32 [K], traced: one compiled step serves
+  every layout, see temporal.stage_length_for_step). Its target is frame
+  units[k] - 1 on stage k's path, and the loss covers that frame only. The
+  earlier frames are its history: clean latents at the plan's levels,
+  corrupted per sample with s ~ U(0, corrupt_ratio) as h <- s * noise +
+  (1 - s) * h (fresh noise), laid out by plans[k] (temporal.history_plan).
+  """
+  k = schedule.stages
+  check_resolution(latents.shape, k)
+  batch, frames = latents.shape[:2]
+  ratios = _check_sample_ratios(sample_ratios, k, batch)
+  if len(plans) != k or units.shape != (k,):
+    raise ValueError(f'need one plan and one unit count per stage ({k}), got {len(plans)} '
+                     f'plans and units of shape {units.shape}')
+  for plan in plans:
+    if plan.max_history > frames - 1:
+      raise ValueError(f'a plan for {plan.max_history} history frames needs clips of at least '
+                       f'{plan.max_history + 1} latent frames, got {frames}')
+  num_columns = sum(ratios)
+  latents = latents.astype(jnp.float32)
+  noise_rng, time_rng, corrupt_rng = jax.random.split(rng, 3)
+  noise = jax.random.normal(noise_rng, latents.shape, jnp.float32)
+  time_rngs = jax.random.split(time_rng, k)
+  corrupt_rngs = jax.random.split(corrupt_rng, k)
+
+  total, per_stage, first = 0.0, [], 0
+  for stage, count in enumerate(ratios):
+    take = functools.partial(_columns, num_columns=num_columns, first=first, count=count)
+    first += count
+    levels = downsample_pyramid(take(latents), k)
+    start, end = stage_endpoints(levels, noise_pyramid(take(noise), k), schedule, stage)
+    b = start.shape[0]
+    idx = sample_timestep_indices(time_rngs[stage], b, schedule.num_train_timesteps)
+    timesteps = jnp.asarray(schedule.stage_timesteps[stage])[idx]
+    r = jnp.asarray(schedule.stage_ratios[stage])[idx][:, None, None, None, None]
+    num_history = jnp.clip(units[stage] - 1, 0, frames - 1)
+    frame = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=num_history,
+                              slice_size=1, axis=1)
+    x = frame(r * start + (1.0 - r) * end)
+    target = frame(start - end)
+    plan = plans[stage]
+    history = [levels[level][:, :plan.max_history] for level in plan.levels]
+    if plan.max_history:
+      history = temporal.corrupt_history(history, corrupt_rngs[stage], corrupt_ratio)[0]
+    v = unit_velocity_fn(x, history, num_history, plan, timesteps, jax.tree.map(take, cond))
+    if v.shape != x.shape:
+      raise ValueError(f'unit_velocity_fn returned shape {v.shape} for a target of {x.shape}')
+    err = jnp.square(v.astype(jnp.float32) - target)
+    per_sample = err.reshape(b, -1).mean(axis=1)
+    total = total + per_sample.sum()
+    per_stage.append(per_sample.mean())
   return total / batch, {'loss_per_stage': jnp.stack(per_stage)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +88,84 @@ def sample(velocity_fn: flow.VelocityFn, cond: Any, uncond: Any, rng: jax.Array,
     timesteps, ratios = jnp.asarray(timesteps), jnp.asarray(ratios)
 
     def euler(j, x, timesteps=timesteps, ratios=ratios):
+      return x + (ratios[j + 1] - ratios[j]) * velocity(x, timesteps[j])
+
+    x = jax.lax.fori_loop(0, steps[stage], euler, x)
+  return x
+
+
+class UnitModel(Protocol):
+  """The model as the autoregressive sampler uses it (models/flow_model.FlowModel)."""
+
+  def unit_velocity(self, target, history, num_history, plan, timesteps, cond): ...
+
+  def unit_history_cache(self, target_shape, history, num_history, plan, cond): ...
+
+  def unit_velocity_cached(self, target, cache, timesteps, cond): ...
+
+
+def sample_unit(model: UnitModel, cond: Any, uncond: Any, rng: jax.Array,
+                schedule: PyramidSchedule, frames: jax.Array, unit: jax.Array,
+                plans: Sequence[Any], steps_per_stage: Sequence[int], guidance_scale: float,
+                use_cache: bool) -> jax.Array:
+  """Latent frame `unit` [B, 1, H, W, C] generated through all pyramid stages.
+
+  frames [B, T, H, W, C] holds the clean frames generated (or given) so far;
+  the history is the last min(unit, W) of them before `unit` (W =
+  plans[0].max_history, the window), renumbered from frame 0, compressed by the
+  plans as in training, with no corruption. Each stage starts from the jump
+  of the previous one (stage 0 from the frame's noise at the lowest
+  resolution) and takes its Euler steps; with guidance the model runs on the
+  batch [uncond; cond] and combines v_u + w (v_c - v_u). use_cache computes the
+  history's keys/values once per stage (exact with 'clean' history
+  conditioning) instead of at every step.
+  """
+  k = schedule.stages
+  steps = tuple(steps_per_stage)
+  if len(steps) != k or len(plans) != k:
+    raise ValueError(f'need one step count and one plan per stage ({k}), got {steps}, '
+                     f'{len(plans)} plans')
+  window = plans[0].max_history
+  batch, _, h, w, c = frames.shape
+  guided = uncond is not None and guidance_scale != 1.0
+  model_cond = jax.tree.map(lambda u, x: jnp.concatenate([u, x]), uncond, cond) if guided else cond
+  double = (lambda a: jnp.concatenate([a, a])) if guided else (lambda a: a)
+
+  start = jnp.maximum(unit - window, 0)
+  num_history = jnp.minimum(unit, window)
+  bank = jax.lax.dynamic_slice_in_dim(frames, start, window, axis=1) if window else None
+  bank_levels = flow.downsample_pyramid(bank.astype(jnp.float32), k) if window else None
+
+  noise_rng, jump_rng = jax.random.split(jax.random.fold_in(rng, unit))
+  # The frame's noise is a function of (rng, unit): a frame gets the same noise
+  # whether generation started at frame 0 or continues a given prefix.
+  x = flow.noise_pyramid(jax.random.normal(noise_rng, (batch, 1, h, w, c), jnp.float32), k)[0]
+  for stage in range(k):
+    plan = plans[stage]
+    if stage > 0:
+      x = stage_jump(x, jax.random.fold_in(jump_rng, stage), schedule, stage)
+    history = [double(bank_levels[level]) for level in plan.levels] if window else []
+    if use_cache:
+      cache = model.unit_history_cache((x.shape[0] * (2 if guided else 1),) + x.shape[1:],
+                                       history, num_history, plan, model_cond)
+
+    def velocity(x, t, plan=plan, history=history):
+      x_in = double(x)
+      t_in = jnp.full((x_in.shape[0],), t, jnp.float32)
+      if use_cache:
+        v = model.unit_velocity_cached(x_in, cache, t_in, model_cond)
+      else:
+        v = model.unit_velocity(x_in, history, num_history, plan, t_in, model_cond)
+      v = v.astype(jnp.float32)
+      if guided:
+        v_uncond, v_cond = jnp.split(v, 2)
+        v = v_uncond + guidance_scale * (v_cond - v_uncond)
+      return v
+
+    timesteps, ratios = inference_schedule(schedule, stage, steps[stage])
+    timesteps, ratios = jnp.asarray(timesteps), jnp.asarray(ratios)
+
+    def euler(j, x, timesteps=timesteps, ratios=ratios, velocity=velocity):
       return x + (ratios[j + 1] - ratios[j]) * velocity(x, timesteps[j])
 
     x = jax.lax.fori_loop(0, steps[stage], euler, x)

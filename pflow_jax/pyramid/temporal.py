@@ -454,3 +454,114 @@ def frame_block_mask(segments: Sequence[tuple[int, Sequence[int]]], *,
   if temporal_causal:
     mask &= orders[:, None] >= orders[None, :]
   return np.array(sizes, np.int32), mask
+
+
+# ----------------------------------------------------------------------------
+# Fixed-shape history sequences: one compiled program for every history length.
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class HistoryPlan:
+  """Gather tables laying out the compressed history of a target at `target_stage`.
+
+  frame_per_unit is 1 (one latent frame per unit, the official setting), so
+  history unit j is frame j. The history is read from a *bank*: frames
+  [0, max_history) at every stage level the history can use, each frame
+  tokenised row-major on its level's token grid, levels concatenated in
+  `levels` order (frame-major inside a level). Row n of the tables is the
+  history of n units (frames 0..n-1), padded to `length` slots.
+
+  Attributes:
+    target_stage, max_history, compress: the plan's arguments.
+    levels: stage levels present in the bank, low -> high.
+    level_grids: token grid (h, w) of each level.
+    level_offsets: first bank token of each level.
+    bank_size: tokens in the bank.
+    length: history slots (the longest history's token count).
+    index: int32 [max_history + 1, length], bank token of each slot (0 if padding).
+    valid: bool [max_history + 1, length], False for padding slots.
+    positions: float32 [max_history + 1, length, 3], (frame, y, x) of each
+      slot, y and x on the target's token grid (0 for padding).
+  """
+  target_stage: int
+  max_history: int
+  compress: bool
+  levels: tuple[int, ...]
+  level_grids: tuple[tuple[int, int], ...]
+  level_offsets: tuple[int, ...]
+  bank_size: int
+  length: int
+  index: np.ndarray
+  valid: np.ndarray
+  positions: np.ndarray
+
+  def tokens(self, num_history: int) -> int:
+    """Valid history tokens of a num_history-unit history."""
+    return int(self.valid[num_history].sum())
+
+
+def history_plan(target_stage: int, max_history: int, *, stages: int,
+                 latent_hw: tuple[int, int], patch_size: int,
+                 compress: bool = True) -> HistoryPlan:
+  """The plan of `HistoryPlan` for histories of 0..max_history units (frame_per_unit 1).
+
+  compress=True is the temporal pyramid (history_stages); False keeps every
+  history frame at the target's resolution (the full-resolution baseline).
+  """
+  k = _check_int('stages', stages, 1)
+  s = _check_int('target_stage', target_stage, 0)
+  if s >= k:
+    raise ValueError(f'target_stage must be in [0, {k - 1}], got {s}')
+  w_max = _check_int('max_history', max_history, 0)
+  p = _check_int('patch_size', patch_size, 1)
+  h, w = latent_hw
+  factor = 2 ** (k - 1) * p
+  if h % factor or w % factor:
+    raise ValueError(f'latent size {h}x{w} is not divisible by 2^(stages-1) x patch_size = '
+                     f'{factor}')
+
+  def grid(stage):
+    return (h >> (k - 1 - stage)) // p, (w >> (k - 1 - stage)) // p
+
+  levels = tuple(range(s + 1)) if compress else (s,)
+  grids = tuple(grid(lv) for lv in levels)
+  offsets, total = [], 0
+  for gh, gw in grids:
+    offsets.append(total)
+    total += w_max * gh * gw
+  target_grid = grid(s)
+
+  rows = []
+  for n in range(w_max + 1):
+    stages_of = history_stages(n, s) if compress else (s,) * n
+    slots = []
+    for frame, stage in enumerate(stages_of):
+      li = levels.index(stage)
+      gh, gw = grids[li]
+      ys = interp_positions(gh, target_grid[0])
+      xs = interp_positions(gw, target_grid[1])
+      first = offsets[li] + frame * gh * gw
+      for r in range(gh):
+        for c in range(gw):
+          slots.append((first + r * gw + c, frame, ys[r], xs[c]))
+    rows.append(slots)
+  length = max(len(r) for r in rows)
+  index = np.zeros((w_max + 1, length), np.int32)
+  valid = np.zeros((w_max + 1, length), bool)
+  positions = np.zeros((w_max + 1, length, 3), np.float32)
+  for n, slots in enumerate(rows):
+    for i, (bank_index, frame, y, x) in enumerate(slots):
+      index[n, i], valid[n, i] = bank_index, True
+      positions[n, i] = (frame, y, x)
+  for a in (index, valid, positions):
+    a.setflags(write=False)
+  return HistoryPlan(target_stage=s, max_history=w_max, compress=bool(compress), levels=levels,
+                     level_grids=grids, level_offsets=tuple(offsets), bank_size=total,
+                     length=length, index=index, valid=valid, positions=positions)
+
+
+def history_plans(*, stages: int, max_history: int, latent_hw: tuple[int, int],
+                  patch_size: int, compress: bool = True) -> tuple[HistoryPlan, ...]:
+  """One `history_plan` per target stage, low -> high."""
+  return tuple(history_plan(s, max_history, stages=stages, latent_hw=latent_hw,
+                            patch_size=patch_size, compress=compress) for s in range(stages))

@@ -115,3 +115,22 @@ def _check_same_structure(target: Any, restored: Any, path: str) -> None:
     if a.shape != b.shape or a.dtype != b.dtype:
       raise CheckpointError(f'checkpoint {path}: array {b.shape} {b.dtype} where this '
                             f'config expects {a.shape} {a.dtype}')
+
+
+def restore_ema_params(workdir: str, abstract: Any, shardings: Any,
+                       step: int | None = None) -> tuple[Any, int]:
+  """(EMA parameters, step) of a workdir's latest (or given) checkpoint, nothing else read.
+
+  abstract / shardings: the state's `ema_params` shapes and their NamedShardings.
+  """
+  ckpt = Checkpointer(workdir)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None or step not in ckpt.all_steps():
+      raise FileNotFoundError(f'no checkpoint {"" if step is None else step} in '
+                              f'{ckpt.directory} (have {ckpt.all_steps()})')
+    target = {'ema_params': jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)}
+    return ckpt.restore_subtree(step, target)['ema_params'], step
+  finally:
+    ckpt.close()

@@ -32,6 +32,12 @@ def dit_forward_flops(model: ml_collections.ConfigDict, video_tokens: int,
   return float(blocks + attention + io)
 
 
+def dit_text_tokens(config: ml_collections.ConfigDict) -> int:
+  """Text tokens the DiT sees per sample (the toy encoder pools `pool` bytes per token)."""
+  pool = config.text.pool if config.text.encoder == 'toy' else 1
+  return config.text.max_length // pool
+
+
 def stage_video_tokens(config: ml_collections.ConfigDict) -> list[int]:
   """Video tokens per sample at each pyramid stage, low -> high resolution."""
   t, h, w = config_lib.latent_size(config)
@@ -44,7 +50,7 @@ def train_step_flops(config: ml_collections.ConfigDict) -> float:
   """FLOPs of one training step (global batch, 3x forward), stages mixed per column."""
   ratios = list(config.pyramid.sample_ratios)
   per_column = config.data.global_batch_size // sum(ratios)
-  text = config.text.max_length
+  text = dit_text_tokens(config)
   return sum(3 * per_column * r * dit_forward_flops(config.model, tokens, text)
              for r, tokens in zip(ratios, stage_video_tokens(config)))
 
@@ -52,7 +58,7 @@ def train_step_flops(config: ml_collections.ConfigDict) -> float:
 def sample_flops(config: ml_collections.ConfigDict, steps_per_stage: Sequence[int],
                  num_samples: int, guidance: bool = True) -> float:
   """FLOPs of sampling `num_samples` videos (CFG doubles the batch)."""
-  text = config.text.max_length
+  text = dit_text_tokens(config)
   batch = num_samples * (2 if guidance else 1)
   return sum(batch * n * dit_forward_flops(config.model, tokens, text)
              for n, tokens in zip(steps_per_stage, stage_video_tokens(config)))

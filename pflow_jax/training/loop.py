@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import json
 import logging
 import os
 import signal
 import time
+from typing import Any
 
 import jax
+from jax.sharding import Mesh
 import ml_collections
 import numpy as np
 from tqdm import tqdm
 
 from pflow_jax import config as config_lib
 from pflow_jax import inference
-from pflow_jax.data import datasets, pipeline, video_io
+from pflow_jax.data import datasets, latent_dataset, pipeline, video_io
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
 from pflow_jax.training import checkpoint, flops, metrics as metrics_lib, state as state_lib
@@ -48,6 +51,19 @@ def config_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a training run wrote to workdir/config.json."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: is {workdir} a training workdir?')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  # JSON turns the rules' tuples into lists; rules tables are tuples of pairs.
+  config.rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+                       for name, axes in config.rules)
+  return config
+
+
 def _report_config_changes(saved: dict, current: dict) -> None:
   changed = {k for k in set(saved) | set(current) if saved.get(k) != current.get(k)}
   if changed:
@@ -68,14 +84,99 @@ def write_samples(workdir: str, step: int, videos: np.ndarray, fps: int) -> str:
   return grid
 
 
+def restore_or_init(ckpt: checkpoint.Checkpointer, workdir: str, config: ml_collections.ConfigDict,
+                    abstract: Any, shardings: Any, init_fn: Callable[[], Any],
+                    iterator: pipeline.BatchIterator) -> Any:
+  """The latest checkpoint restored into `shardings` (iterator position too), or a fresh state.
+
+  A fresh start writes the resolved config to workdir/config.json.
+  """
+  current = config_json(config)
+  latest = ckpt.latest_step()
+  if latest is None:
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        json.dump(current, f, indent=2)
+    return init_fn()
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+  state, data_state, saved = ckpt.restore(latest, target)
+  iterator.set_state(data_state)
+  _report_config_changes(saved, current)
+  logging.info('resumed from step %d in %s', latest, ckpt.directory)
+  return state
+
+
+def run_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, state: Any,
+             iterator: pipeline.BatchIterator, ckpt: checkpoint.Checkpointer,
+             train_step: Callable[[Any, dict, int], tuple[Any, dict]],
+             on_sample: Callable[[Any, int], dict[str, float] | None],
+             step_flops: float = 0.0) -> dict[str, float]:
+  """Steps from state.step to config.train.num_steps: logs, checkpoints, samples, SIGTERM.
+
+  train_step(state, global_batch, step) -> (state, metrics); on_sample(state, step)
+  writes samples or evaluations every config.train.sample_every steps and at the end,
+  and may return scalars to log at that step.
+  Metrics are fetched only on logging steps, so steps run asynchronously.
+  """
+  train = config.train
+  writer = metrics_lib.MetricWriter(workdir)
+  start = int(jax.device_get(state.step))
+  num_steps = train.num_steps
+  last: dict[str, float] = {}
+  bar = tqdm(total=num_steps, initial=start, desc='train', unit='step',
+             disable=jax.process_index() != 0, dynamic_ncols=True)
+  window_start, window_steps = time.perf_counter(), 0
+  with _StopRequest() as stop, jax.set_mesh(mesh):
+    for step in range(start, num_steps):
+      global_batch = pipeline.to_global_batch(next(iterator), mesh, config.rules)
+      state, metrics = train_step(state, global_batch, step)
+      window_steps += 1
+      done = step + 1
+      if done % train.log_every == 0 or done == num_steps:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not np.isfinite(metrics['loss']):
+          raise FloatingPointError(f'loss is {metrics["loss"]} at step {done}; the last '
+                                   f'checkpoint is step {ckpt.latest_step()}')
+        metrics['steps_per_sec'] = window_steps / (time.perf_counter() - window_start)
+        if step_flops:
+          metrics['tflops_per_sec'] = step_flops * metrics['steps_per_sec'] / 1e12
+        writer.scalars(done, metrics)
+        bar.set_postfix(loss=f'{metrics["loss"]:.4f}', steps_s=f'{metrics["steps_per_sec"]:.2f}')
+        last = metrics
+        window_start, window_steps = time.perf_counter(), 0
+      bar.update(1)
+      if done % train.checkpoint_every == 0 or done == num_steps or stop.requested:
+        ckpt.save(done, state, iterator.get_state(), config_json(config))
+      if done % train.sample_every == 0 or done == num_steps:
+        evaluation = on_sample(state, done)
+        if evaluation:
+          writer.scalars(done, evaluation)
+          last = {**last, **evaluation}
+        window_start = time.perf_counter()  # sampling time is not training time
+      if stop.requested:
+        ckpt.close()
+        bar.close()
+        logging.warning('stopped at step %d; rerun the same command to resume', done)
+        raise SystemExit(143)
+  bar.close()
+  ckpt.close()
+  writer.close()
+  return last
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) in `workdir`; returns the last logged metrics."""
+  """Trains (or resumes) the DiT in `workdir`; returns the last logged metrics."""
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   mesh = mesh_lib.make_mesh(dict(config.mesh))
   logging.info('mesh %s over %d devices (%d processes)', dict(mesh.shape), mesh.size,
                jax.process_count())
   codec = latent_codec.make_codec(config.latent)
+  if config.data.name == 'latents':
+    latent_dataset.check_compatible(config.data.latent_dir,
+                                    (*config_lib.latent_size(config), codec.latent_channels),
+                                    latent_codec.normalisation(codec))
   source = datasets.train_source(config)
   iterator = pipeline.make_iterator(
       source, global_batch_size=config.data.global_batch_size, seed=config.seed,
@@ -84,74 +185,31 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   tx = state_lib.make_optimizer(config.optim)
   graphdef, abstract, shardings = state_lib.state_shardings(config, mesh, tx)
   ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  current_cfg = config_json(config)
-  latest = ckpt.latest_step()
-  if latest is None:
-    state = state_lib.init_state(config, mesh, tx, shardings)
-    if jax.process_index() == 0:
-      with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        json.dump(current_cfg, f, indent=2)
+  state = restore_or_init(ckpt, workdir, config, abstract, shardings,
+                          lambda: state_lib.init_state(config, mesh, tx, shardings), iterator)
+
+  example = iterator.peek()
+  jitted = step_lib.jit_train_step(step_lib.make_train_step(config, graphdef, tx),
+                                   mesh, config, shardings, example, codec)
+  if config.temporal.autoregressive:
+    generator = inference.VideoGenerator(config, graphdef, codec,
+                                         num_frames=config_lib.latent_size(config)[0])
+    generate = lambda params, tokens, rng: generator.decode(
+        generator.latents(params, tokens, rng))
   else:
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
-    state, data_state, saved_cfg = ckpt.restore(latest, target)
-    iterator.set_state(data_state)
-    _report_config_changes(saved_cfg, current_cfg)
-    logging.info('resumed from step %d in %s', latest, ckpt.directory)
-  start = int(jax.device_get(state.step))
-
-  first = next(iterator)
-  train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(config, graphdef, codec, tx), mesh, config, shardings, first)
-  generate = inference.make_generate_fn(
-      config, graphdef, codec, num_samples=len(config.sample.prompts),
-      steps_per_stage=config.sample.steps_per_stage,
-      guidance_scale=config.sample.guidance_scale)
+    generate = inference.make_generate_fn(
+        config, graphdef, codec, num_samples=len(config.sample.prompts),
+        steps_per_stage=config.sample.steps_per_stage,
+        guidance_scale=config.sample.guidance_scale)
   prompt_tokens = inference.tokenize_prompts(config, config.sample.prompts)
-  writer = metrics_lib.MetricWriter(workdir)
-  step_flops = flops.train_step_flops(config)
 
-  last: dict[str, float] = {}
-  num_steps = config.train.num_steps
-  bar = tqdm(total=num_steps, initial=start, desc='train', unit='step',
-             disable=jax.process_index() != 0, dynamic_ncols=True)
-  window_start, window_steps = time.perf_counter(), 0
-  batch = first
-  with _StopRequest() as stop, jax.set_mesh(mesh):
-    for step in range(start, num_steps):
-      global_batch = pipeline.to_global_batch(batch, mesh, config.rules)
-      state, metrics = train_step(state, global_batch)
-      window_steps += 1
-      done = step + 1
-      if done % config.train.log_every == 0 or done == num_steps:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not np.isfinite(metrics['loss']):
-          raise FloatingPointError(f'loss is {metrics["loss"]} at step {done}; the last '
-                                   f'checkpoint is step {ckpt.latest_step()}')
-        elapsed = time.perf_counter() - window_start
-        metrics['steps_per_sec'] = window_steps / elapsed
-        metrics['tflops_per_sec'] = step_flops * metrics['steps_per_sec'] / 1e12
-        writer.scalars(done, metrics)
-        bar.set_postfix(loss=f'{metrics["loss"]:.4f}', steps_s=f'{metrics["steps_per_sec"]:.2f}')
-        last = metrics
-        window_start, window_steps = time.perf_counter(), 0
-      bar.update(1)
-      if done % config.train.checkpoint_every == 0 or done == num_steps or stop.requested:
-        ckpt.save(done, state, iterator.get_state(), current_cfg)
-      if done % config.train.sample_every == 0 or done == num_steps:
-        videos = inference.to_uint8(generate(state.ema_params, prompt_tokens,
-                                             jax.random.key(config.seed + 1)))
-        if jax.process_index() == 0:
-          grid = write_samples(workdir, done, videos, config.sample.fps)
-          logging.info('step %d: samples in %s', done, grid)
-      if stop.requested:
-        ckpt.close()
-        bar.close()
-        logging.warning('stopped at step %d; rerun the same command to resume', done)
-        raise SystemExit(143)
-      if done < num_steps:
-        batch = next(iterator)
-  bar.close()
-  ckpt.close()
-  writer.close()
-  return last
+  def on_sample(state, step):
+    videos = inference.to_uint8(generate(state.ema_params, prompt_tokens,
+                                         jax.random.key(config.seed + 1)))
+    if jax.process_index() == 0:
+      logging.info('step %d: samples in %s', step, write_samples(workdir, step, videos,
+                                                                 config.sample.fps))
+
+  return run_loop(config, workdir, mesh, state, iterator, ckpt,
+                  jitted, on_sample,
+                  flops.train_step_flops(config))

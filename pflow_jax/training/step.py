@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from pflow_jax import config as config_lib
 from pflow_jax.models.latent_codec import LatentCodec
 from pflow_jax.parallel import rules
-from pflow_jax.pyramid import flow, schedule as schedule_lib
+from pflow_jax.pyramid import flow, schedule as schedule_lib, temporal
 from pflow_jax.training.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -30,17 +30,18 @@ def batch_latents(batch: Batch, codec: LatentCodec) -> jax.Array:
   return codec.encode(video)
 
 
-def make_loss_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
-                 codec: LatentCodec) -> Callable[..., tuple[jax.Array, dict]]:
-  """loss_fn(params, batch, rng) -> (loss, aux): the pure objective of one step."""
+def make_loss_fn(config: ml_collections.ConfigDict,
+                 graphdef: nnx.GraphDef) -> Callable[..., tuple[jax.Array, dict]]:
+  """loss_fn(params, batch, rng, codec) -> (loss, aux): the pure objective of one step."""
   schedule = schedule_lib.make_schedule(
       stages=config.pyramid.stages, stage_range=config.pyramid.stage_range,
       gamma=config.pyramid.gamma, shift=config.pyramid.shift,
       num_train_timesteps=config.pyramid.num_train_timesteps)
-  _, h, w = config_lib.latent_size(config)
   sample_ratios = tuple(config.pyramid.sample_ratios)
+  plans = training_plans(config) if config.temporal.autoregressive else None
 
-  def loss_fn(params: nnx.State, batch: Batch, rng: jax.Array):
+  def loss_fn(params: nnx.State, batch: Batch, rng: jax.Array, codec: LatentCodec,
+              units: jax.Array | None = None):
     model = nnx.merge(graphdef, params)
     drop_rng, flow_rng = jax.random.split(rng)
     with rules.use_rules(config.rules):
@@ -48,32 +49,57 @@ def make_loss_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
                                 ('batch', None, None, None, None))
       text = model.encode_text(batch, drop_rng=drop_rng,
                                drop_prob=config.pyramid.text_dropout)
-      velocity_fn = functools.partial(model.velocity, full_size=(h, w))
-      return flow.pyramid_flow_loss(velocity_fn, latents, text, flow_rng, schedule,
-                                    sample_ratios)
+      if plans is None:
+        return flow.pyramid_flow_loss(model.velocity, latents, text, flow_rng, schedule,
+                                      sample_ratios)
+      return flow.temporal_pyramid_flow_loss(
+          model.unit_velocity, latents, text, flow_rng, schedule, sample_ratios, units, plans,
+          config.temporal.corrupt_ratio)
 
   return loss_fn
 
 
+def training_plans(config: ml_collections.ConfigDict) -> tuple[temporal.HistoryPlan, ...]:
+  """History layouts for autoregressive training: up to (latent frames - 1) history units."""
+  t, h, w = config_lib.latent_size(config)
+  return temporal.history_plans(stages=config.pyramid.stages, max_history=t - 1,
+                                latent_hw=(h, w), patch_size=config.model.patch_size,
+                                compress=config.temporal.compress_history)
+
+
+def units_for_step(config: ml_collections.ConfigDict, step: int) -> np.ndarray:
+  """int32 [K]: units per stage column at `step` (official sample_stage_length, SPMD order)."""
+  units = config_lib.latent_size(config)[0]
+  group = config.temporal.video_sync_group
+  return np.asarray(temporal.stage_length_for_step(
+      step, config.seed, max_temporal_length=units, frame_per_unit=1,
+      video_sync_group=units if group == -1 else group, stages=config.pyramid.stages),
+      np.int32)
+
+
 def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
-                    codec: LatentCodec, tx: optax.GradientTransformation):
-  """train_step(state, batch) -> (state, metrics), not yet jitted.
+                    tx: optax.GradientTransformation):
+  """train_step(state, batch, codec, units) -> (state, metrics), not yet jitted.
+
+  units: int32 [K] per-stage unit counts for autoregressive training (None otherwise).
 
   The step's randomness is a function of (seed, step) only, so a resumed run
   draws exactly what an uninterrupted one would.
   """
-  loss_fn = make_loss_fn(config, graphdef, codec)
+  loss_fn = make_loss_fn(config, graphdef)
   ema_decay = config.optim.ema_decay
   base_key = jax.random.key(config.seed)
 
-  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+  def train_step(state: TrainState, batch: Batch, codec: LatentCodec,
+                 units: jax.Array | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(base_key, state.step)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng,
+                                                                   codec, units)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
                        state.ema_params, params)
-    metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads)}
+    metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
     for k, stage_loss in enumerate(aux['loss_per_stage']):
       metrics[f'loss_stage{k}'] = stage_loss
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
@@ -89,9 +115,21 @@ def batch_sharding(mesh: Mesh, config: ml_collections.ConfigDict, ndim: int) -> 
 
 
 def jit_train_step(train_step, mesh: Mesh, config: ml_collections.ConfigDict,
-                   state_shardings: TrainState, batch_example: dict[str, Any]):
-  """The step jitted with explicit in/out shardings and the state donated."""
+                   state_shardings: TrainState, batch_example: dict[str, Any],
+                   codec: LatentCodec):
+  """step(state, batch, step_index) -> (state, metrics): jitted with explicit in/out
+  shardings, the state donated, the codec (VAE weights, if any) replicated. The
+  step index picks the autoregressive layout (one compiled program for all)."""
   batch_sh = {k: batch_sharding(mesh, config, v.ndim) for k, v in batch_example.items()}
   replicated = NamedSharding(mesh, P())
-  return jax.jit(train_step, in_shardings=(state_shardings, batch_sh),
-                 out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  codec_sh = jax.tree.map(lambda _: replicated, codec)
+  autoregressive = config.temporal.autoregressive
+  jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sh, codec_sh,
+                                             replicated if autoregressive else None),
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+  def step(state, batch, step_index: int = 0):
+    units = units_for_step(config, step_index) if autoregressive else None
+    return jitted(state, batch, codec, units)
+
+  return step

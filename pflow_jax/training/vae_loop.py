@@ -1,0 +1,171 @@
+"""VAE training loop and loading a trained VAE as the DiT's latent codec.
+
+Same conventions as the DiT trainer (training/loop.py): resume-or-init from
+`workdir/checkpoints`, config JSON, data-iterator state, SIGTERM saves. Every
+`train.sample_every` steps (and at the end) the EMA weights reconstruct the
+first `train.eval_examples` held-out videos: their PSNR is logged as
+`eval_psnr` and a grid (input above reconstruction) is written to
+`workdir/samples/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from pflow_jax import config as config_lib
+from pflow_jax.data import datasets, pipeline
+from pflow_jax.models import vae as vae_lib
+from pflow_jax.parallel import mesh as mesh_lib
+from pflow_jax.training import checkpoint, loop, step as step_lib, vae_step
+
+
+def _video_only(record: dict[str, Any]) -> dict[str, np.ndarray]:
+  return {'video': np.asarray(record['video'])}
+
+
+STATS_FILE = 'latent_stats.json'
+
+
+def evaluate(reconstruct, params, source, num_examples: int,
+             batch_size: int) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+  """Held-out metrics over the first num_examples of source, first inputs, their reconstructions.
+
+  Metrics: 'eval_psnr' (mean over clips) and the latent statistics the DiT
+  normalises with (mean and std of the first latent frame and of the others).
+  """
+  num_examples = min(num_examples, len(source))
+  psnrs, moments, first = [], 0.0, None
+  for start in range(0, num_examples, batch_size):
+    video = np.stack([source[i]['video'] for i in range(start, min(start + batch_size,
+                                                                   num_examples))])
+    x_hat, psnr, m = reconstruct(params, video)
+    psnrs.append(np.asarray(psnr))
+    moments = moments + np.asarray(m, np.float64)
+    if first is None:
+      first = (video, np.asarray(jax.device_get(x_hat)))
+  metrics = {'eval_psnr': float(np.concatenate(psnrs).mean())}
+  for name, (count, total, squares) in zip(('first_frame', 'video'), moments):
+    if count:
+      mean = total / count
+      metrics[f'{name}_mean'] = float(mean)
+      metrics[f'{name}_std'] = float(np.sqrt(max(squares / count - mean ** 2, 1e-12)))
+  return metrics, first[0], first[1]
+
+
+def write_latent_stats(workdir: str, step: int, metrics: Mapping[str, float]) -> None:
+  """Saves the latent normalisation measured at `step` (used by `load_vae`)."""
+  stats = {'step': step}
+  for name in ('first_frame', 'video'):
+    if f'{name}_mean' in metrics:
+      stats[f'{name}_shift'] = metrics[f'{name}_mean']
+      stats[f'{name}_scale'] = 1.0 / metrics[f'{name}_std']
+  with open(os.path.join(workdir, STATS_FILE), 'w') as f:
+    json.dump(stats, f, indent=2)
+
+
+def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (or resumes) the VAE in `workdir`; returns the last logged metrics."""
+  config_lib.validate_vae(config)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = mesh_lib.make_mesh(dict(config.mesh))
+  iterator = pipeline.make_iterator(
+      datasets.source(config, 'train'), global_batch_size=config.data.global_batch_size,
+      seed=config.seed, transform=_video_only, num_threads=config.data.num_threads)
+  test_source = datasets.source(config, 'test')
+
+  tx, disc_tx = vae_step.make_optimizers(config)
+  vae_gd, disc_gd, abstract, shardings = vae_step.state_shardings(config, mesh, tx, disc_tx)
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  state = loop.restore_or_init(
+      ckpt, workdir, config, abstract, shardings,
+      lambda: vae_step.init_state(config, mesh, tx, disc_tx, shardings), iterator)
+
+  step_fn = vae_step.make_train_step(config, vae_gd, disc_gd, tx, disc_tx)
+  batch_sh = {'video': step_lib.batch_sharding(mesh, config, 5)}
+  replicated = NamedSharding(mesh, P())
+  jitted = {adv: jax.jit(functools.partial(step_fn, adversarial=adv),
+                         in_shardings=(shardings, batch_sh),
+                         out_shardings=(shardings, replicated), donate_argnums=(0,))
+            for adv in (False, True)}  # compiled on first use only
+  disc_start = config.loss.disc_start
+
+  def train_step(state, batch, step):
+    return jitted[0 <= disc_start <= step](state, batch)
+
+  reconstruct = vae_step.make_reconstruct_fn(config, vae_gd)
+
+  def on_sample(state, step):
+    metrics, video, x_hat = evaluate(reconstruct, state.ema_params, test_source,
+                                     config.train.eval_examples, config.data.global_batch_size)
+    if jax.process_index() == 0:
+      write_latent_stats(workdir, step, metrics)
+      pairs = np.stack([video, (np.clip(x_hat, -1, 1) * 127.5 + 127.5).round().astype(np.uint8)],
+                       axis=1).reshape((-1,) + video.shape[1:])
+      grid = loop.write_samples(workdir, step, pairs[:8], config.train.fps)
+      logging.info('step %d: held-out PSNR %.2f dB; reconstructions (input above output) in %s',
+                   step, metrics['eval_psnr'], grid)
+    return metrics
+
+  return loop.run_loop(config, workdir, mesh, state, iterator, ckpt, train_step, on_sample)
+
+
+def load_vae(workdir: str, step: int | None = None):
+  """(VAEConfig, graphdef, EMA params, step) of a train_vae workdir's latest (or given) checkpoint.
+
+  The config's latent normalisation is the one measured by the trainer's last
+  evaluation (`latent_stats.json`) when present, else the config's own.
+  """
+  config = loop.load_workdir_config(workdir)
+  if 'vae' not in config:
+    raise ValueError(f'{workdir} is not a VAE workdir (its config.json has no vae section)')
+  mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
+  tx, disc_tx = vae_step.make_optimizers(config)
+  vae_gd, _, abstract, shardings = vae_step.state_shardings(config, mesh, tx, disc_tx)
+  try:
+    params, step = checkpoint.restore_ema_params(workdir, abstract.ema_params,
+                                                 shardings.ema_params, step)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f'{e}; train a VAE with `python -m pflow_jax.train_vae '
+                            f'--workdir={workdir} ...`') from None
+  vae_config = vae_step.vae_config(config)
+  stats_path = os.path.join(workdir, STATS_FILE)
+  if os.path.exists(stats_path):  # measured on held-out clips by the VAE's trainer
+    with open(stats_path) as f:
+      stats = json.load(f)
+    vae_config = dataclasses.replace(
+        vae_config, first_frame_shift=stats['first_frame_shift'],
+        first_frame_scale=stats['first_frame_scale'],
+        video_shift=stats.get('video_shift', vae_config.video_shift),
+        video_scale=stats.get('video_scale', vae_config.video_scale))
+  return vae_config, vae_gd, params, step
+
+
+def load_codec(latent: Mapping[str, Any]) -> vae_lib.VAECodec:
+  """The `latent` config section's VAE as a LatentCodec, checked against the section."""
+  workdir = latent['vae_workdir']
+  if not workdir:
+    raise ValueError("latent.kind 'vae' needs latent.vae_workdir")
+  vae_config, graphdef, params, step = load_vae(workdir)
+  found = dict(factor=vae_config.spatial_factor, temporal_factor=vae_config.temporal_factor,
+               channels=vae_config.latent_channels, pixel_channels=vae_config.in_channels)
+  wrong = {k: (latent[k], v) for k, v in found.items() if latent[k] != v}
+  if wrong:
+    details = ', '.join(f'latent.{k} is {a}, the VAE has {b}' for k, (a, b) in wrong.items())
+    raise ValueError(f'the VAE in {workdir} does not match the config: {details}')
+  logging.info('latent codec: VAE of %s at step %d', workdir, step)
+  chunk = latent['vae_chunk_frames'] or None
+  return vae_lib.VAECodec(graphdef=graphdef, state=params, config=vae_config,
+                          chunk_frames=chunk,
+                          chunk_latents=None if chunk is None else max(
+                              1, chunk // vae_config.temporal_factor))

@@ -1,0 +1,222 @@
+"""VAE training (loss terms, GAN, loop, resume), latent pre-extraction, and DiT training on it."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import moving_digits, vae_moving_digits
+from pflow_jax import config as config_lib
+from pflow_jax import encode as encode_lib
+from pflow_jax.data import datasets, latent_dataset, moving_digits as md
+from pflow_jax.models import discriminator as disc_lib
+from pflow_jax.models import latent_codec
+from pflow_jax.parallel import mesh as mesh_lib
+from pflow_jax.training import state as state_lib, step as step_lib, vae_loop, vae_step
+
+
+def test_loss_terms_follow_their_formulas():
+  x = jnp.array([[0.0, 0.5, -1.0, 1.0]]).reshape(1, 1, 1, 4, 1)
+  y = jnp.array([[0.5, 0.5, 0.0, 1.0]]).reshape(1, 1, 1, 4, 1)
+  np.testing.assert_allclose(vae_step.reconstruction_error(x, y, 'l1'), [(0.5 + 1.0) / 4])
+  np.testing.assert_allclose(vae_step.reconstruction_error(x, y, 'l2'), [(0.25 + 1.0) / 4])
+  # PSNR on the [0, 1] scale: MSE of (x - y) / 2.
+  mse = ((0.25 + 1.0) / 4) / 4
+  np.testing.assert_allclose(vae_step.psnr(x, y), [-10 * np.log10(mse)], rtol=1e-6)
+  real, fake = jnp.array([2.0, 0.5]), jnp.array([-2.0, 0.0])
+  np.testing.assert_allclose(vae_step.hinge_d_loss(real, fake), 0.5 * (0.25 + 0.5))
+  z = jnp.arange(2 * 3 * 1 * 1 * 2, dtype=jnp.float32).reshape(2, 3, 1, 1, 2)
+  m = vae_step.latent_moments(z)
+  first, rest = np.asarray(z[:, :1]), np.asarray(z[:, 1:])
+  np.testing.assert_allclose(m[0], [first.size, first.sum(), (first ** 2).sum()])
+  np.testing.assert_allclose(m[1], [rest.size, rest.sum(), (rest ** 2).sum()])
+
+
+def test_discriminator_shapes_and_instance_norm():
+  disc = disc_lib.PatchDiscriminator(1, width=8, num_layers=2, rngs=nnx.Rngs(0))
+  logits = disc(jnp.zeros((2, 3, 32, 32, 1)))
+  # 32 -> 16 -> 8 (stride 2), then two stride-1 4x4 convs with padding 1: 7, 6.
+  assert logits.shape == (2, 3, 6, 6)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3)) * 3 + 1
+  y = np.asarray(disc_lib.instance_norm(x))
+  np.testing.assert_allclose(y.mean(axis=(1, 2)), 0, atol=1e-5)
+  np.testing.assert_allclose(y.var(axis=(1, 2)), 1, atol=1e-3)
+
+
+def _single_mesh():
+  return mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
+
+
+def _tiny_state(config, mesh):
+  tx, disc_tx = vae_step.make_optimizers(config)
+  vae_gd, disc_gd, _, shardings = vae_step.state_shardings(config, mesh, tx, disc_tx)
+  state = vae_step.init_state(config, mesh, tx, disc_tx, shardings)
+  return state, vae_step.make_train_step(config, vae_gd, disc_gd, tx, disc_tx)
+
+
+def _video(config, seed):
+  rng = np.random.default_rng(seed)
+  s, t = config.data.image_size, config.data.num_frames
+  return {'video': rng.integers(0, 256, (config.data.global_batch_size, t, s, s, 1), np.uint8)}
+
+
+def test_adversarial_step_weights_the_generator_loss_adaptively():
+  config = vae_moving_digits.get_config('tiny')
+  mesh = _single_mesh()
+  state, step = _tiny_state(config, mesh)
+  batch = _video(config, 0)
+  with jax.set_mesh(mesh):
+    plain_state, plain = jax.jit(lambda s, b: step(s, b, adversarial=False))(state, batch)
+    adv_state, adv = jax.jit(lambda s, b: step(s, b, adversarial=True))(state, batch)
+  for key in ('g_loss', 'd_weight', 'd_loss'):
+    assert key in adv and key not in plain
+  assert float(adv['d_weight']) > 0
+  # Same reconstruction and KL terms; the total adds d_weight * g_loss.
+  np.testing.assert_allclose(adv['rec_loss'], plain['rec_loss'], rtol=1e-6)
+  expected = (plain['loss'] + adv['d_weight'] * adv['g_loss'])
+  np.testing.assert_allclose(adv['loss'], expected, rtol=1e-5)
+  # Only the adversarial step trains the discriminator (from the second step: the
+  # warm-up's learning rate is 0 at step 0).
+  with jax.set_mesh(mesh):
+    plain_state, _ = jax.jit(lambda s, b: step(s, b, adversarial=False))(plain_state, batch)
+    adv_state, _ = jax.jit(lambda s, b: step(s, b, adversarial=True))(adv_state, batch)
+  same = jax.tree.map(lambda a, b: bool(jnp.all(a == b)), plain_state.disc_params,
+                      state.disc_params)
+  assert all(jax.tree.leaves(same))
+  moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), adv_state.disc_params,
+                       state.disc_params)
+  assert any(jax.tree.leaves(moved))
+
+
+def test_training_steps_reduce_the_reconstruction_error():
+  config = vae_moving_digits.get_config('tiny')
+  config.optim.warmup_steps = 1
+  mesh = _single_mesh()
+  state, step = _tiny_state(config, mesh)
+  digits = datasets.moving_digits_config(config.data)
+  batch = {'video': np.stack([md.generate_example(i, digits, 'train')['video']
+                              for i in range(config.data.global_batch_size)])}
+  jitted = jax.jit(lambda s, b: step(s, b, adversarial=False))
+  with jax.set_mesh(mesh):
+    losses = []
+    for _ in range(12):
+      state, metrics = jitted(state, batch)
+      losses.append(float(metrics['rec_loss']))
+  assert losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.fixture(scope='module')
+def vae_run(tmp_path_factory):
+  """A tiny VAE trained for 4 steps (GAN from step 2) on tiny moving digits, batch
+  sharded over the 8 test devices."""
+  workdir = str(tmp_path_factory.mktemp('vae'))
+  config = vae_moving_digits.get_config('tiny')
+  config.data.data_dir = str(tmp_path_factory.mktemp('data'))
+  config.data.global_batch_size = 8
+  metrics = vae_loop.train_vae(config, workdir)
+  return workdir, config, metrics
+
+
+def test_vae_loop_checkpoints_evaluates_and_resumes(vae_run, tmp_path):
+  workdir, config, metrics = vae_run
+  assert np.isfinite(metrics['eval_psnr']) and 'd_loss' in metrics  # the GAN ran
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+  assert os.path.exists(os.path.join(workdir, 'samples', 'step_0000004.png'))
+  with open(os.path.join(workdir, vae_loop.STATS_FILE)) as f:
+    stats = json.load(f)
+  assert stats['step'] == 4 and stats['first_frame_scale'] > 0
+  # Resuming for two more steps continues from step 4.
+  config = config_lib.ml_collections.ConfigDict(config.to_dict())
+  config.train.num_steps = 6
+  more = vae_loop.train_vae(config, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4', '6']
+  assert np.isfinite(more['loss'])
+
+
+def test_loaded_codec_uses_the_measured_normalisation(vae_run):
+  workdir, _, _ = vae_run
+  vae_config, _, _, step = vae_loop.load_vae(workdir)
+  with open(os.path.join(workdir, vae_loop.STATS_FILE)) as f:
+    stats = json.load(f)
+  assert vae_config.first_frame_shift == stats['first_frame_shift']
+  assert vae_config.video_scale == stats['video_scale']
+  config = moving_digits.get_config('tiny')
+  config.latent.update(kind='vae', vae_workdir=workdir, temporal_factor=4, channels=8)
+  with pytest.raises(ValueError, match='latent.channels is 8, the VAE has 4'):
+    latent_codec.make_codec(config.latent)
+
+
+def _dit_config_on(vae_run, data_dir):
+  """The tiny DiT config reading 5-frame videos through the tiny VAE."""
+  workdir, vae_config, _ = vae_run
+  config = moving_digits.get_config('tiny')
+  config.data.update(num_frames=5, data_dir=data_dir)
+  config.latent.update(kind='vae', vae_workdir=workdir, temporal_factor=4, channels=4)
+  config_lib.validate(config)
+  return config
+
+
+def test_encode_writes_the_in_loop_latents_and_resumes(vae_run, tmp_path):
+  data_dir = vae_run[1].data.data_dir
+  config = _dit_config_on(vae_run, data_dir)
+  out = str(tmp_path / 'latents')
+  info = encode_lib.encode_dataset(config, out, ['train', 'test'], part_size=24, batch_size=5)
+  assert info['splits'] == {'train': 64, 'test': 16}
+  codec = latent_codec.make_codec(config.latent)
+  videos = datasets.source(config, 'train')
+  stored = latent_dataset.load(out, 'train')
+  idx = [0, 30, 63]
+  want = jax.jit(lambda c, v: c.encode(v))(
+      codec, np.stack([videos[i]['video'] for i in idx]).astype(np.float32) / 127.5 - 1)
+  got = np.stack([stored[i]['latents'] for i in idx])
+  np.testing.assert_allclose(got, want, atol=2e-5)
+  assert [stored[i]['caption'] for i in idx] == [videos[i]['caption'] for i in idx]
+
+  # An interrupted run (a missing part, no metadata) is completed identically.
+  part = latent_dataset.part_path(out, 'train', 1, 3)
+  with open(part, 'rb') as f:
+    before = f.read()
+  os.remove(part)
+  os.remove(os.path.join(out, latent_dataset.INFO_FILE))
+  encode_lib.encode_dataset(config, out, ['train', 'test'], part_size=24, batch_size=5)
+  with open(part, 'rb') as f:
+    assert f.read() == before
+
+
+def test_dit_step_on_stored_latents_equals_step_on_videos(vae_run, tmp_path):
+  data_dir = vae_run[1].data.data_dir
+  config = _dit_config_on(vae_run, data_dir)
+  out = str(tmp_path / 'latents')
+  encode_lib.encode_dataset(config, out, ['train'], part_size=64, batch_size=6)
+  codec = latent_codec.make_codec(config.latent)
+  mesh = _single_mesh()
+  tx = state_lib.make_optimizer(config.optim)
+  graphdef, _, shardings = state_lib.state_shardings(config, mesh, tx)
+  loss_fn = jax.jit(step_lib.make_loss_fn(config, graphdef))
+  params = state_lib.init_state(config, mesh, tx, shardings).params
+  videos, stored = datasets.source(config, 'train'), latent_dataset.load(out, 'train')
+  from pflow_jax.models import text as text_lib
+  tokens = text_lib.tokenize([videos[i]['caption'].decode() for i in range(6)], 40)
+  on_video = {'video': np.stack([videos[i]['video'] for i in range(6)]), 'tokens': tokens}
+  on_latents = {'latents': np.stack([stored[i]['latents'] for i in range(6)]), 'tokens': tokens}
+  rng = jax.random.key(3)
+  with jax.set_mesh(mesh):
+    a, _ = loss_fn(params, on_video, rng, codec)
+    b, _ = loss_fn(params, on_latents, rng, codec)
+  np.testing.assert_allclose(a, b, rtol=1e-4)
+
+
+def test_latent_dataset_mismatch_is_an_error(vae_run, tmp_path):
+  config = _dit_config_on(vae_run, vae_run[1].data.data_dir)
+  out = str(tmp_path / 'latents')
+  encode_lib.encode_dataset(config, out, ['test'], part_size=64, batch_size=8)
+  with pytest.raises(ValueError, match='shape'):
+    latent_dataset.check_compatible(out, (9, 8, 8, 4), None)
+  norm = latent_codec.normalisation(latent_codec.make_codec(config.latent))
+  latent_dataset.check_compatible(out, (2, 8, 8, 4), norm)
+  with pytest.raises(ValueError, match='Re-encode'):
+    latent_dataset.check_compatible(out, (2, 8, 8, 4), {**norm, 'video_scale': 3.0})
