@@ -349,3 +349,14 @@ def test_sharded_forward_and_gradients_match_single_device(params):
   for (path, a), (_, b) in zip(nnx.to_flat_state(ref_grads), nnx.to_flat_state(grads)):
     a, b = np.asarray(a[...]), np.asarray(b[...])
     np.testing.assert_allclose(b, a, atol=1e-5 * np.abs(a).max() + 1e-7, err_msg=str(path))
+
+
+@pytest.mark.parametrize('variant', ['384p', '768p'])
+def test_paper_configs_validate_and_match_the_official_size(variant):
+  from configs import pyramid_flow_sd3
+  config = pyramid_flow_sd3.get_config(variant)
+  config_lib.validate(config)
+  n = dit.count_params(dit.DiTConfig(**config.model))
+  assert abs(n - OFFICIAL_SD3_PARAMS) / OFFICIAL_SD3_PARAMS < 0.01, n
+  t, h, w = config_lib.latent_size(config)
+  assert (t, h, w) == {'384p': (16, 48, 80), '768p': (31, 96, 160)}[variant]

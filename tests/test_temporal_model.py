@@ -66,6 +66,14 @@ def perturbed(model, seed=1):
   return nnx.merge(graphdef, state)
 
 
+def jitted(model, fn):
+  """fn(model, *arrays) compiled, with the model's state as an argument (tests run eagerly
+  otherwise, op by op, which is slow)."""
+  graphdef, state = nnx.split(model)
+  compiled = jax.jit(lambda state, *args: fn(nnx.merge(graphdef, state), *args))
+  return lambda *args: compiled(state, *args)
+
+
 def make_text(model, batch=2):
   tokens = np.zeros((batch, 40), np.int32)
   tokens[:, :5] = [3, 7, 9, 11, 2]
@@ -108,28 +116,32 @@ def test_padded_unit_velocity_equals_the_official_clip_concatenation(conditionin
   text = make_text(model)
   bank = [lv for i, lv in enumerate(flow.downsample_pyramid(history_full, STAGES))
           if i in plan.levels]
-  got = model.unit_velocity(target, bank, jnp.int32(num_history), plan, t, text)
-  want = reference_unit_velocity(model, target, history_full, num_history, target_stage, t,
-                                 text)
+  got = jitted(model, lambda m, *a: m.unit_velocity(*a[:2], a[2], plan, *a[3:]))(
+      target, bank, jnp.int32(num_history), t, text)
+  want = jitted(model, lambda m, *a: reference_unit_velocity(m, *a[:2], num_history,
+                                                             target_stage, *a[2:]))(
+      target, history_full, t, text)
   np.testing.assert_allclose(got, want, atol=2e-5, rtol=2e-5)
 
 
 def test_unit_outputs_are_causal_through_the_dit():
   """Outputs of unit t (the whole sequence run as 'history' = 0) ignore later units' inputs."""
   model, _ = tiny_model()
-  dit = perturbed(model).dit
+  model = perturbed(model)
   text = make_text(model)
   shapes = temporal.clip_shapes(4, 2, 1, HW, STAGES)     # 5 units, target at full resolution
   layout = temporal.token_layout(shapes, patch_size=PATCH)
   clips = [jax.random.normal(jax.random.key(i), (2, *s, 16)) for i, s in enumerate(shapes)]
 
-  def outputs(clips):
+  def run(m, clips):
+    dit = m.dit
     tokens = jnp.concatenate([dit.embed_clip(c, full_size=shapes[-1][1:])[0] for c in clips], 1)
     seg, order = temporal.joint_token_ids(text['mask'], layout.frame_index)
     cond = dit.embed_conditions(jnp.array([500.0, 500.0]), text)
     return dit.forward_tokens(tokens, cond, jnp.asarray(layout.positions)[None],
                               temporal.attention_mask(seg, order))
 
+  outputs = jitted(model, run)
   base = outputs(clips)
   ends = np.cumsum(layout.clip_lengths)
   for changed in range(1, len(clips)):
@@ -152,12 +164,19 @@ def test_cached_history_gives_the_recomputed_velocity(num_history):
   target = jax.random.normal(keys[1], (2, 1, 4, 4, 16))
   text = make_text(model)
   n = jnp.int32(num_history)
-  cache = model.unit_history_cache(target.shape, bank, n, plan, text)
+  cached = jitted(model, lambda m, bank, n, ts, text: m.unit_velocity_cached(
+      target, m.unit_history_cache(target.shape, bank, n, plan, text), ts, text))
+  full = jitted(model, lambda m, bank, n, ts, text: m.unit_velocity(target, bank, n, plan, ts,
+                                                                   text))
+  cache = jitted(model, lambda m, bank, n, text: m.unit_history_cache(target.shape, bank, n,
+                                                                      plan, text))(bank, n, text)
+  reuse = jitted(model, lambda m, cache, ts, text: m.unit_velocity_cached(target, cache, ts,
+                                                                          text))
   for t in (950.0, 300.0):   # one cache serves every step
     ts = jnp.full((2,), t)
-    np.testing.assert_allclose(model.unit_velocity_cached(target, cache, ts, text),
-                               model.unit_velocity(target, bank, n, plan, ts, text),
-                               atol=2e-5, rtol=2e-5)
+    want = full(bank, n, ts, text)
+    np.testing.assert_allclose(cached(bank, n, ts, text), want, atol=2e-5, rtol=2e-5)
+    np.testing.assert_allclose(reuse(cache, ts, text), want, atol=2e-5, rtol=2e-5)
 
 
 def test_history_cache_needs_clean_conditioning():

@@ -295,3 +295,14 @@ def test_sharded_encode_equals_single_device(vae, encode):
     shardings = rules.state_shardings(state, mesh, config_lib.VAE_RULES)
     sharded = jax.jit(run, in_shardings=(shardings, None))(state, video)
   _close(sharded, encode(video).mean)
+
+
+@pytest.mark.parametrize('kernel, stride', [((3, 3, 3), (1, 1, 1)), ((3, 3, 3), (1, 2, 2)),
+                                            ((3, 3, 3), (2, 1, 1)), ((1, 1, 1), (1, 1, 1))])
+def test_conv_as_2d_equals_the_3d_convolution(kernel, stride):
+  x = jax.random.normal(jax.random.key(0), (2, 7, 8, 6, 5))
+  k = jax.random.normal(jax.random.key(1), kernel + (5, 4))
+  want = jax.lax.conv_general_dilated(
+      x, k, stride, ((0, 0), (kernel[1] // 2,) * 2, (kernel[2] // 2,) * 2),
+      dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))
+  _close(vae_blocks._conv_as_2d(x, k, stride), want, 1e-4)

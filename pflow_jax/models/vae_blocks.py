@@ -102,13 +102,33 @@ class CausalConv3d(nnx.Module):
         n = x.shape[1]
         keep = n - st * ((n - kt) // st + 1)
         cache.carry.append(x[:, n - keep:])
-    y = jax.lax.conv_general_dilated(
-        x, self.kernel[...].astype(self.dtype), window_strides=self.stride,
-        padding=((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)),
-        dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))
+    y = _conv_as_2d(x, self.kernel[...].astype(self.dtype), self.stride)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
+
+
+def _conv_as_2d(x: Array, kernel: Array, stride: tuple[int, int, int]) -> Array:
+  """The 3D conv (no temporal padding, 'same' spatial padding) as one 2D conv.
+
+  The kt temporal taps of each output frame are stacked along channels, so the
+  kernel [kt, kh, kw, C, O] acts as a 2D kernel [kh, kw, kt * C, O]: the same
+  sums, and several times faster than XLA's 3D convolution on CPU at the
+  small channel counts of small VAEs (tests/test_vae.py checks it against
+  lax.conv_general_dilated in 3D).
+  """
+  kt, kh, kw, c, o = kernel.shape
+  st, sh, sw = stride
+  n, t = x.shape[:2]
+  t_out = (t - kt) // st + 1
+  taps = [x[:, i:i + st * (t_out - 1) + 1:st] for i in range(kt)]
+  stacked = jnp.concatenate(taps, axis=-1) if kt > 1 else taps[0]
+  stacked = stacked.reshape((n * t_out,) + stacked.shape[2:])
+  y = jax.lax.conv_general_dilated(
+      stacked, kernel.transpose(1, 2, 0, 3, 4).reshape(kh, kw, kt * c, o),
+      window_strides=(sh, sw), padding=((kh // 2, kh // 2), (kw // 2, kw // 2)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return y.reshape((n, t_out) + y.shape[1:])
 
 
 class GroupNorm(nnx.Module):
