@@ -11,7 +11,7 @@ Variants (`--config=configs/moving_digits.py:<a>,<b>`, combinable):
   ar   the temporal pyramid: autoregressive training on 8-frame clips, frame by
        frame sampling with a cached history (history_conditioning 'clean').
   vae  17-frame clips on the causal VAE of configs/vae_moving_digits.py
-       (latent.vae_workdir, default runs/vae_digits): 5 latent frames of 8x8x8.
+       (latent.vae_workdir, default runs/vae_digits): 5 latent frames of 8x8x16.
        Pre-extract the latents with `python -m pflow_jax.encode` (README).
   tiny a few steps of a very small model at 32x32 px, for tests and smoke runs.
 """
@@ -35,7 +35,7 @@ def get_config(arg: str = ''):
     c.train.update(num_steps=3000, sample_every=1000, checkpoint_every=500)
   if 'vae' in variants:
     c.data.num_frames = 17
-    c.latent.update(kind='vae', factor=4, temporal_factor=4, channels=8,
+    c.latent.update(kind='vae', factor=4, temporal_factor=4, channels=16,
                     vae_workdir='runs/vae_digits')
   if 'tiny' in variants:
     c.data.update(num_frames=3 if 'ar' in variants else 2, train_size=64, test_size=16,

@@ -3,13 +3,15 @@
   python -m pflow_jax.train_vae --config=configs/vae_moving_digits.py --workdir=runs/vae_digits
   python -m pflow_jax.train_vae --config=configs/vae_moving_digits.py:tiny ...   # tests
 
-4x spatial and 4x temporal compression to 8 latent channels: a 64x64 clip of
-1 + 4k frames becomes 1 + k latent frames of 16x16x8. The official recipe
+4x spatial and 4x temporal compression to 16 latent channels: a 32x32 clip of
+1 + 4k frames becomes 1 + k latent frames of 8x8x16. Trained on 5-frame clips
+(the first frame alone, then one 4-frame chunk: the two cases a causal VAE
+has); longer videos run chunk by chunk. The official recipe
 (8x8x8, 16 channels, L2 + LPIPS + KL, GAN after 250k steps) is `VAEConfig.official()`
 with `loss.recon='l2'`; LPIPS needs VGG weights that cannot be downloaded here.
 
 Variants (`--config=configs/vae_moving_digits.py:<arg>`):
-  ''   (default) the README's VAE run: 9-frame clips, ~60 min on 2 CPU cores.
+  ''   (default) the README's VAE run: 3600 steps, about 60 min on 2 CPU cores.
   tiny a few steps of a very small VAE, for tests.
 """
 

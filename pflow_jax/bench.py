@@ -35,6 +35,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from pflow_jax import cli, config as config_lib, inference
+from pflow_jax.data.synthetic import synthetic_batch
 from pflow_jax.models import latent_codec
 from pflow_jax.models.flow_model import FlowModel
 from pflow_jax.parallel import mesh as mesh_lib
@@ -58,15 +59,6 @@ def _timed(fn, repeats: int) -> list[float]:
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
   return times
-
-
-def synthetic_batch(config, rng: np.random.Generator) -> dict[str, np.ndarray]:
-  b = config.data.global_batch_size
-  s = config.data.image_size
-  video = rng.integers(0, 256, (b, config.data.num_frames, s, s, config.latent.pixel_channels),
-                       dtype=np.uint8)
-  tokens = inference.tokenize_prompts(config, ['a 3 moving left and a 7 moving down'] * b)
-  return {'video': video, 'tokens': tokens}
 
 
 def variant(config, stages: int):

@@ -69,6 +69,7 @@ def data_config() -> ml_collections.ConfigDict:
       # video_folder
       folder='',
       annotations='',
+      test_annotations='',         # held-out clips (same folder); '' = test reads train
       fps=8.0,
       clips_per_video='1',
       # latents
@@ -202,12 +203,12 @@ def vae_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.data = data_config()
-  c.data.update(num_frames=9, global_batch_size=8)
+  c.data.update(num_frames=5, global_batch_size=8, num_threads=1)
   c.vae = ml_collections.ConfigDict(dict(
       in_channels=1,
       out_channels=1,
-      latent_channels=8,
-      block_out_channels=(32, 64, 64),
+      latent_channels=16,
+      block_out_channels=(16, 32, 32),
       encoder_layers_per_block=(1, 1, 1),
       decoder_layers_per_block=(1, 1, 1),
       spatial_down=(True, True, False),
@@ -224,7 +225,7 @@ def vae_base_config() -> ml_collections.ConfigDict:
       video_scale=1.0,
   ))
   c.loss = ml_collections.ConfigDict(dict(
-      recon='l1',                  # 'l1' or 'l2' (the official pixel loss is l2)
+      recon='l2',                  # 'l2' (official) or 'l1' (sparse digits collapse to black)
       pixel_weight=1.0,
       kl_weight=1e-6,
       disc_start=-1,               # step at which the PatchGAN starts; < 0: never
@@ -234,11 +235,12 @@ def vae_base_config() -> ml_collections.ConfigDict:
       disc_layers=3,
   ))
   c.optim = ml_collections.ConfigDict(dict(
-      lr=1e-3, warmup_steps=100, b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-3,
+      lr=2e-3, warmup_steps=100, b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-3,
       clip_grad=1.0, ema_decay=0.99))
   c.train = ml_collections.ConfigDict(dict(
-      num_steps=2000, log_every=20, checkpoint_every=250, keep_checkpoints=3,
-      sample_every=500, eval_examples=128, fps=4))
+      num_steps=3600, log_every=20, checkpoint_every=300, keep_checkpoints=3,
+      sample_every=600, eval_examples=128, fps=4,
+      crop_size=16))               # train on random crops (0: whole frames); eval on whole frames
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, sequence=1, tensor=1))
   c.rules = VAE_RULES
   c.dtype = 'float32'
@@ -267,6 +269,10 @@ def validate_vae(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"dtype must be one of {DTYPES}, got {config.dtype!r}")
   _check_positive(config.train, 'train', ('num_steps', 'log_every', 'checkpoint_every',
                                           'sample_every', 'keep_checkpoints', 'eval_examples'))
+  crop = config.train.crop_size
+  if crop and (crop > min(h, w) or crop % spatial):
+    raise ValueError(f'train.crop_size {crop} must be 0 or a multiple of the spatial factor '
+                     f'{spatial} no larger than the frames {h}x{w}')
 
 
 def image_hw(data: ml_collections.ConfigDict) -> tuple[int, int]:

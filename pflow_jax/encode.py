@@ -17,20 +17,11 @@ the videos with the VAE in the loop (data/latent_dataset.py).
 
 from __future__ import annotations
 
-import os
-
-from absl import flags, logging
-import jax
-import ml_collections
-import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from absl import flags
 from ml_collections import config_flags
-from tqdm import tqdm
 
-from pflow_jax import cli, config as config_lib, distributed
-from pflow_jax.data import datasets, latent_dataset
-from pflow_jax.models import latent_codec
-from pflow_jax.parallel import mesh as mesh_lib
+from pflow_jax import cli, distributed
+from pflow_jax.data import latent_encoding
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'DiT config (data + latent).',
                                           lock_config=True)
@@ -44,92 +35,6 @@ _BATCH = flags.DEFINE_integer('batch_size', 0, 'Clips per encode call (default: 
 flags.mark_flags_as_required(['config', 'out'])
 
 
-def encode_dataset(config: ml_collections.ConfigDict, out: str, splits: list[str],
-                   part_size: int, batch_size: int) -> dict:
-  """Writes (or completes) the latent dataset in `out`; returns its encoding info."""
-  if config.latent.kind != 'vae':
-    raise ValueError("encode needs latent.kind 'vae' (space_to_depth latents are free to "
-                     'compute in the training step)')
-  if config.data.name == 'latents':
-    raise ValueError('the config already reads a latent dataset; point data at videos')
-  config_lib.validate(config)
-  if part_size < 1 or batch_size < 1:
-    raise ValueError(f'part_size and batch_size must be >= 1, got {part_size}, {batch_size}')
-  if os.path.exists(os.path.join(out, latent_dataset.INFO_FILE)):
-    logging.info('%s is already a finished latent dataset; nothing to do', out)
-    return latent_dataset.read_info(out)
-  os.makedirs(out, exist_ok=True)
-  codec = latent_codec.make_codec(config.latent)
-
-  # Each process encodes on its own devices: parts are independent work.
-  devices = jax.local_devices()
-  mesh = mesh_lib.make_mesh({'data': len(devices)}, devices=devices)
-  batch_size = -(-batch_size // len(devices)) * len(devices)
-  video_sharding = NamedSharding(mesh, P('data'))
-  replicated = NamedSharding(mesh, P())
-  encode = jax.jit(lambda c, v: c.encode(v.astype(np.float32) / 127.5 - 1.0),
-                   in_shardings=(jax.tree.map(lambda _: replicated, codec), video_sharding))
-
-  t, h, w = config_lib.latent_size(config)
-  latent_shape = (t, h, w, codec.latent_channels)
-  feats = latent_dataset.features(latent_shape)
-  lengths, moments = {}, np.zeros((2, 3))
-  process, num_processes = jax.process_index(), jax.process_count()
-  for split in splits:
-    source = datasets.source(config, split)
-    n = lengths[split] = len(source)
-    total = latent_dataset.num_parts(n, part_size)
-    mine = [i for i in range(total) if i % num_processes == process]
-    todo = [i for i in mine if not os.path.exists(latent_dataset.part_path(out, split, i, total))]
-    bar = tqdm(total=sum(min(part_size, n - i * part_size) for i in mine),
-               initial=sum(min(part_size, n - i * part_size) for i in mine if i not in todo),
-               desc=f'encode {split}', unit='clip', disable=process != 0, dynamic_ncols=True)
-    for part in todo:
-      indices = range(part * part_size, min(n, (part + 1) * part_size))
-      records = []
-      for start in range(indices.start, indices.stop, batch_size):
-        batch = [source[i] for i in range(start, min(start + batch_size, indices.stop))]
-        video = np.stack([np.asarray(r['video']) for r in batch])
-        pad = batch_size - len(batch)  # one compiled shape: pad the last batch
-        video = np.concatenate([video, np.repeat(video[-1:], pad, axis=0)])
-        latents = np.asarray(jax.device_get(encode(codec, video)))[:len(batch)]
-        moments += _moments(latents)
-        records += [{'latents': z, 'caption': r['caption'], 'index': i}
-                    for i, z, r in zip(range(start, start + len(batch)), latents, batch)]
-        bar.update(len(batch))
-      latent_dataset.write_part(latent_dataset.part_path(out, split, part, total), feats,
-                                records)
-    bar.close()
-  if num_processes > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices('pflow_jax:encode')
-  info = {
-      'vae_workdir': os.path.abspath(config.latent.vae_workdir),
-      'vae_normalisation': latent_codec.normalisation(codec),
-      'latent_shape': list(latent_shape),
-      'splits': lengths,
-      'data': config.data.to_dict(),
-      'normalised_latent_stats (this process)': _stats(moments),
-  }
-  if process == 0:
-    latent_dataset.finalize(out, latent_shape, lengths, part_size, info)
-  return info
-
-
-def _moments(z: np.ndarray) -> np.ndarray:
-  z = z.astype(np.float64)
-  return np.array([[p.size, p.sum(), np.square(p).sum()] for p in (z[:, :1], z[:, 1:])])
-
-
-def _stats(moments: np.ndarray) -> dict:
-  out = {}
-  for name, (count, total, squares) in zip(('first_frame', 'later_frames'), moments):
-    if count:
-      mean = total / count
-      out[name] = {'mean': mean, 'std': float(np.sqrt(max(squares / count - mean ** 2, 0)))}
-  return out
-
-
 def main(argv):
   del argv
   distributed.initialize()
@@ -137,7 +42,7 @@ def main(argv):
   if _VAE_WORKDIR.value:
     with config.unlocked():
       config.latent.vae_workdir = _VAE_WORKDIR.value
-  info = encode_dataset(config, _OUT.value, _SPLITS.value, _PART_SIZE.value,
+  info = latent_encoding.encode_dataset(config, _OUT.value, _SPLITS.value, _PART_SIZE.value,
                         _BATCH.value or config.data.global_batch_size)
   print(f'latent dataset: {_OUT.value}  {info["splits"]}')
   for name, s in info.get('normalised_latent_stats (this process)', {}).items():

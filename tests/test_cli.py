@@ -187,3 +187,24 @@ def test_sweep_commands_are_valid_overrides(tmp_path):
   for cmd in commands:
     code, out = run(cmd[2], *cmd[3:], '--config.train.num_steps=0')
     assert code != 0 and 'train.num_steps must be >= 1' in out, out
+
+
+def test_library_modules_import_together_and_launchers_alone():
+  """Flags live only in launchers (absl forbids defining one twice in a process), so
+  every library module imports alongside any one launcher: what the tests do."""
+  root = os.path.join(os.path.dirname(__file__), '..', 'pflow_jax')
+  modules, launchers = [], []
+  for dirpath, _, files in os.walk(root):
+    for name in sorted(files):
+      if name.endswith('.py') and name != '__init__.py':
+        rel = os.path.relpath(os.path.join(dirpath, name[:-3]), os.path.join(root, '..'))
+        module = rel.replace(os.sep, '.')
+        with open(os.path.join(dirpath, name)) as f:
+          (launchers if "__name__ == '__main__'" in f.read() else modules).append(module)
+  assert 'pflow_jax.train' in launchers and 'pflow_jax.pyramid.flow' in modules
+  for launcher in launchers:
+    code = (f'import importlib\nfor m in {modules!r} + [{launcher!r}]:\n'
+            '  importlib.import_module(m)\n')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            cwd=os.path.join(root, '..'), timeout=300)
+    assert result.returncode == 0, (launcher, result.stderr[-2000:])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs import moving_digits
-from pflow_jax import bench
+from pflow_jax.data.synthetic import synthetic_batch
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
 from pflow_jax.training import checkpoint, state as state_lib, step as step_lib
@@ -41,7 +41,7 @@ def assert_trees_close(a, b, atol):
 def test_sharded_step_equals_single_device():
   config = tiny_config()
   rng = np.random.default_rng(0)
-  batches = [bench.synthetic_batch(config, rng) for _ in range(2)]
+  batches = [synthetic_batch(config, rng) for _ in range(2)]
   single = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
   sharded = mesh_lib.make_mesh({'data': 4, 'fsdp': 2})
   state_1, losses_1, _ = run_steps(config, single, batches)
@@ -57,7 +57,7 @@ def test_sharded_step_equals_single_device():
 
 def test_checkpoint_restores_on_another_mesh(tmp_path):
   config = tiny_config()
-  batches = [bench.synthetic_batch(config, np.random.default_rng(1))]
+  batches = [synthetic_batch(config, np.random.default_rng(1))]
   mesh_a = mesh_lib.make_mesh({'data': 4, 'fsdp': 2})
   state, _, _ = run_steps(config, mesh_a, batches)
   ckpt = checkpoint.Checkpointer(str(tmp_path), keep=1)
@@ -83,7 +83,7 @@ def test_checkpoint_restores_on_another_mesh(tmp_path):
 def test_restore_into_an_incompatible_config_raises(tmp_path):
   config = tiny_config()
   mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
-  state, _, _ = run_steps(config, mesh, [bench.synthetic_batch(config, np.random.default_rng(2))])
+  state, _, _ = run_steps(config, mesh, [synthetic_batch(config, np.random.default_rng(2))])
   ckpt = checkpoint.Checkpointer(str(tmp_path), keep=1)
   ckpt.save(1, state, {}, {})
   ckpt.wait()

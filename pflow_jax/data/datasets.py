@@ -21,10 +21,14 @@ def moving_digits_config(data: ml_collections.ConfigDict) -> moving_digits.Movin
       seed=data.dataset_seed)
 
 
-def video_folder_config(data: ml_collections.ConfigDict) -> video_folder.VideoFolderConfig:
+def video_folder_config(data: ml_collections.ConfigDict,
+                        split: str = 'train') -> video_folder.VideoFolderConfig:
+  """The clips of data.annotations, or of data.test_annotations for a set 'test' split."""
   height, width = config_lib.image_hw(data)
+  annotations = data.test_annotations if split == 'test' and data.test_annotations else (
+      data.annotations)
   return video_folder.VideoFolderConfig(
-      folder=data.folder, annotations=data.annotations, num_frames=data.num_frames,
+      folder=data.folder, annotations=annotations, num_frames=data.num_frames,
       fps=data.fps, height=height, width=width, clips_per_video=data.clips_per_video)
 
 
@@ -40,7 +44,8 @@ def _build_once(build: Callable[[], Any]) -> None:
 def source(config: ml_collections.ConfigDict, split: str):
   """Random-access source of `split` ('train' or 'test'); builds the dataset first when allowed.
 
-  A video folder has one split: 'test' then reads the same clips as 'train'.
+  A video folder's 'test' split holds the clips of data.test_annotations, or
+  the training clips when that is empty.
   """
   data = config.data
   if data.name == 'moving_digits':
@@ -49,7 +54,7 @@ def source(config: ml_collections.ConfigDict, split: str):
       _build_once(lambda: moving_digits.build_moving_digits(data.data_dir, cfg))
     return moving_digits.load_moving_digits(data.data_dir, cfg, split)
   if data.name == 'video_folder':
-    cfg = video_folder_config(data)
+    cfg = video_folder_config(data, split)
     if data.build_if_missing:
       _build_once(lambda: video_folder.build_video_folder(data.data_dir, cfg))
     return video_folder.load_video_folder(data.data_dir, cfg, 'train')

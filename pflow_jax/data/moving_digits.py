@@ -293,6 +293,11 @@ def _main(argv) -> None:
                               for field in dataclasses.fields(MovingDigitsConfig)})
   path = build_moving_digits(f.data_dir, cfg)
   print(f'dataset: {path}')
+  if f.first_frame:
+    example = load_moving_digits(f.data_dir, cfg, f.split)[f.index]
+    Image.fromarray(np.asarray(example['video'])[0, ..., 0]).save(f.first_frame)
+    print(f'first frame of {f.split} example {f.index} ({example["caption"].decode()!r}): '
+          f'{f.first_frame}')
   if f.preview:
     source = load_moving_digits(f.data_dir, cfg, 'train')
     examples = [source[i] for i in range(min(8, len(source)))]
@@ -305,6 +310,10 @@ def _main(argv) -> None:
 def _define_flags() -> None:
   flags.DEFINE_string('data_dir', None, 'Root directory of tfds datasets.', required=True)
   flags.DEFINE_string('preview', None, 'Optional PNG: the first 8 train videos, one per row.')
+  flags.DEFINE_string('first_frame', None, 'Optional PNG: frame 0 of example --index of '
+                      '--split (e.g. for image-to-video).')
+  flags.DEFINE_integer('index', 0, 'Example for --first_frame.')
+  flags.DEFINE_enum('split', 'test', list(SPLITS), 'Split for --first_frame.')
   for field in dataclasses.fields(MovingDigitsConfig):
     define = flags.DEFINE_float if field.type == 'float' else flags.DEFINE_integer
     define(field.name, field.default, f'MovingDigitsConfig.{field.name}')

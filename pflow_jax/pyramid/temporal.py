@@ -18,6 +18,13 @@ each older unit one stage coarser, and every unit that would fall to stage 0
 stays at stage 0. The official code emits one clip per unit at stages >= 1,
 one clip for the newest unit, and one clip holding all remaining stage-0 units.
 
+Two views of the same layout. The clip functions (history_clips, clip_shapes,
+temporal_clips, token_layout, joint_token_ids) build one sequence the official
+way, concatenating the clips of a given history length; the tests hold them as
+the reference. Training and sampling use `history_plan`: gather tables that
+lay out every history length in one fixed shape (padding masked), so one
+compiled program serves them all; tests check the plans against the clips.
+
 Everything shape-related takes static Python ints and returns numpy or Python
 values (computed once on the host); functions of arrays are jittable with
 those ints static.

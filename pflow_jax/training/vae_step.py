@@ -113,6 +113,23 @@ def video_batch(batch: Batch) -> jax.Array:
   return batch['video'].astype(jnp.float32) / 127.5 - 1.0
 
 
+def random_crops(video: jax.Array, rng: jax.Array, size: int) -> jax.Array:
+  """A size x size spatial crop at a uniform random offset per clip (size 0: the whole frames).
+
+  The VAE is convolutional, so it trains on crops and runs on whole frames, as
+  the official one (256 px crops); crops make a CPU step several times cheaper.
+  """
+  b, t, h, w, c = video.shape
+  if not size or (size >= h and size >= w):
+    return video
+  if size > h or size > w:
+    raise ValueError(f'crop size {size} exceeds the frames {h}x{w}')
+  ys = jax.random.randint(rng, (b,), 0, h - size + 1)
+  xs = jax.random.randint(jax.random.fold_in(rng, 1), (b,), 0, w - size + 1)
+  crop = lambda v, y, x: jax.lax.dynamic_slice(v, (0, y, x, 0), (t, size, size, c))
+  return jax.vmap(crop)(video, ys, xs)
+
+
 def reconstruction_error(x: jax.Array, x_hat: jax.Array, kind: str) -> jax.Array:
   """Per-sample mean |x - x_hat| (l1) or (x - x_hat)^2 (l2), float32 [B]."""
   diff = x.astype(jnp.float32) - x_hat.astype(jnp.float32)
@@ -186,8 +203,10 @@ def make_train_step(config: ml_collections.ConfigDict, vae_gd: nnx.GraphDef,
   def train_step(state: VAETrainState, batch: Batch,
                  adversarial: bool = False) -> tuple[VAETrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(base_key, state.step)
+    crop_rng, rng = jax.random.split(rng)
     with rules.use_rules(config.rules):
-      x = rules.constrain(video_batch(batch), ('batch', 'frames', 'height', 'width', 'channels'))
+      x = random_crops(video_batch(batch), crop_rng, config.train.crop_size)
+      x = rules.constrain(x, ('batch', 'frames', 'height', 'width', 'channels'))
       (loss, (metrics, x_hat)), grads = jax.value_and_grad(generator_loss, has_aux=True)(
           state.params, state.disc_params, x, rng, adversarial)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
