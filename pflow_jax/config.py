@@ -158,6 +158,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-3,                     # small model, short CPU runs (the paper-scale configs use 5e-5)
       warmup_steps=100,
+      decay_steps=0,               # 0: constant after warm-up (official); N: cosine to 0 over N
       b1=0.9,
       b2=0.95,
       eps=1e-8,
@@ -234,11 +235,13 @@ def vae_base_config() -> ml_collections.ConfigDict:
       disc_width=32,
       disc_layers=3,
   ))
+  num_steps = ml_collections.FieldReference(3600)
   c.optim = ml_collections.ConfigDict(dict(
       lr=2e-3, warmup_steps=100, b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-3,
+      decay_steps=num_steps,       # cosine to 0 over the run: short CPU runs end sharper
       clip_grad=1.0, ema_decay=0.99))
   c.train = ml_collections.ConfigDict(dict(
-      num_steps=3600, log_every=20, checkpoint_every=300, keep_checkpoints=3,
+      num_steps=num_steps, log_every=20, checkpoint_every=300, keep_checkpoints=3,
       sample_every=600, eval_examples=128, fps=4,
       crop_size=16))               # train on random crops (0: whole frames); eval on whole frames
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, sequence=1, tensor=1))

@@ -142,6 +142,7 @@ def test_incompatible_checkpoint_is_an_error(tmp_path, data_dir, reference_run):
   assert code != 0 and 'cannot restore checkpoint' in out and 'Traceback' not in out
 
 
+@pytest.mark.slow
 def test_autoregressive_train_then_image_to_video_and_longer_video(tmp_path, data_dir):
   """The temporal pyramid from the command line: train, then continue a test image into a
   video longer than the training clips."""

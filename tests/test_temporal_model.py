@@ -54,6 +54,7 @@ def test_uncompressed_plan_keeps_history_at_the_target_resolution():
 def tiny_model(history_conditioning='timestep'):
   config = moving_digits.get_config('tiny')
   config.model.history_conditioning = history_conditioning
+  config.dtype = 'float32'   # parity between two computation orders, to fp32 rounding
   return flow_model.FlowModel(config, rngs=nnx.Rngs(0)), config
 
 
@@ -217,6 +218,7 @@ def test_temporal_loss_targets_the_last_unit_on_a_clean_history():
   assert float(loss0) > 0.1
 
 
+@pytest.mark.slow
 def test_temporal_loss_with_the_model_has_gradients():
   model, config = tiny_model()
   model = perturbed(model)

@@ -1,6 +1,8 @@
 """The training step and checkpoints: sharded == single device, restore across meshes."""
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -39,7 +41,7 @@ def assert_trees_close(a, b, atol):
 
 
 def test_sharded_step_equals_single_device():
-  config = tiny_config()
+  config = tiny_config(global_batch_size=8)
   rng = np.random.default_rng(0)
   batches = [synthetic_batch(config, rng) for _ in range(2)]
   single = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
@@ -96,3 +98,23 @@ def test_restore_into_an_incompatible_config_raises(tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match='cannot restore checkpoint'):
     ckpt.restore(1, target)
   ckpt.close()
+
+
+@pytest.mark.parametrize('decay_steps', [0, 50])
+def test_learning_rate_schedule(decay_steps):
+  """Linear warm-up to lr, then constant (official) or a cosine to 0 over decay_steps:
+  the AdamW update of a unit gradient is -lr(t) * sign (b1 = b2 = 0, no decay, no clip)."""
+  optim = ml_collections.ConfigDict(dict(lr=0.1, warmup_steps=10, decay_steps=decay_steps, b1=0.0,
+                                         b2=0.0, eps=1e-12, weight_decay=0.0, clip_grad=1e9))
+  tx = state_lib.make_optimizer(optim)
+  params = jnp.zeros(())
+  opt_state = tx.init(params)
+  rates = []
+  for _ in range(70):
+    update, opt_state = tx.update(jnp.ones(()), opt_state, params)
+    rates.append(-float(update))
+  t = np.arange(70)
+  after = t - 10
+  expected = np.where(t < 10, 0.1 * t / 10, 0.1 if decay_steps == 0 else
+                      0.05 * (1 + np.cos(np.pi * np.minimum(after, 50) / 50)))
+  np.testing.assert_allclose(rates, expected, atol=1e-6)

@@ -26,10 +26,15 @@ class TrainState:
 
 
 def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW with linear warm-up to a constant rate and global-norm clipping (official recipe)."""
-  lr = optax.join_schedules(
-      [optax.linear_schedule(0.0, optim.lr, max(optim.warmup_steps, 1)),
-       optax.constant_schedule(optim.lr)], [max(optim.warmup_steps, 1)])
+  """AdamW with linear warm-up and global-norm clipping.
+
+  After warm-up the rate stays constant (official recipe; `decay_steps=0`) or
+  follows a cosine to zero over `decay_steps` (short runs, e.g. the CPU VAE).
+  """
+  warmup = max(optim.warmup_steps, 1)
+  after = (optax.cosine_decay_schedule(optim.lr, optim.decay_steps) if optim.decay_steps > 0
+           else optax.constant_schedule(optim.lr))
+  lr = optax.join_schedules([optax.linear_schedule(0.0, optim.lr, warmup), after], [warmup])
   return optax.chain(
       optax.clip_by_global_norm(optim.clip_grad),
       optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps,
