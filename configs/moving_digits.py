@@ -10,7 +10,7 @@ Variants (`--config=configs/moving_digits.py:<a>,<b>`, combinable):
        8 minutes on 2 CPU cores.
   ar   the temporal pyramid: autoregressive training on 8-frame clips, frame by
        frame sampling with a cached history (history_conditioning 'clean').
-  vae  17-frame clips on the causal VAE of configs/vae_moving_digits.py
+  vae  9-frame clips on the causal VAE of configs/vae_moving_digits.py
        (latent.vae_workdir, default runs/vae_digits): 5 latent frames of 8x8x16.
        Pre-extract the latents with `python -m pflow_jax.encode` (README).
   tiny a few steps of a very small model at 32x32 px, for tests and smoke runs.
@@ -34,8 +34,8 @@ def get_config(arg: str = ''):
     c.model.history_conditioning = 'clean'
     c.train.update(num_steps=3000, sample_every=1000, checkpoint_every=500)
   if 'vae' in variants:
-    c.data.num_frames = 17
-    c.latent.update(kind='vae', factor=4, temporal_factor=4, channels=16,
+    c.data.num_frames = 9
+    c.latent.update(kind='vae', factor=4, temporal_factor=2, channels=16,
                     vae_workdir='runs/vae_digits')
   if 'tiny' in variants:
     c.data.update(num_frames=3 if 'ar' in variants else 2, train_size=64, test_size=16,

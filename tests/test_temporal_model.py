@@ -270,6 +270,7 @@ def test_cached_and_recomputed_generation_give_the_same_video(ar_model):
   assert float(jnp.abs(videos[True][:, 4]).mean()) > 0.1    # every frame was generated
 
 
+@pytest.mark.slow
 def test_generation_continues_a_prefix_and_respects_the_window(ar_model):
   """Frame u depends on the prefix only through the last `window` frames before it."""
   from pflow_jax import inference

@@ -41,7 +41,7 @@ def assert_trees_close(a, b, atol):
 
 
 def test_sharded_step_equals_single_device():
-  config = tiny_config(global_batch_size=8)
+  config = tiny_config()
   rng = np.random.default_rng(0)
   batches = [synthetic_batch(config, rng) for _ in range(2)]
   single = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
