@@ -32,7 +32,7 @@ def get_config(arg: str = ''):
     c.data.num_frames = 8
     c.temporal.autoregressive = True
     c.model.history_conditioning = 'clean'
-    c.train.update(num_steps=3000, sample_every=1000, checkpoint_every=500)
+    c.train.update(num_steps=2400, sample_every=800, checkpoint_every=400)
   if 'vae' in variants:
     c.data.num_frames = 9
     c.latent.update(kind='vae', factor=4, temporal_factor=2, channels=16,

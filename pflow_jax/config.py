@@ -168,11 +168,11 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.train = ml_collections.ConfigDict(dict(
-      num_steps=3000,
+      num_steps=2400,
       log_every=10,
-      checkpoint_every=500,
+      checkpoint_every=400,
       keep_checkpoints=3,
-      sample_every=1000,
+      sample_every=800,
   ))
 
   c.sample = ml_collections.ConfigDict(dict(
