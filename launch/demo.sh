@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the project into .venv, trains the embedded default (moving MNIST
-# digits, CPU, about 10 minutes on 2 cores) and samples from it.
+# digits, CPU, about 15 minutes on 2 cores with the install) and samples from it.
 # Rerunning resumes from the last checkpoint in $WORKDIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."

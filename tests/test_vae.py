@@ -186,6 +186,7 @@ def test_cache_carry_matches_conv_count(vae):
     caches['stale'].check_consumed()
 
 
+@pytest.mark.slow
 def test_tiled_with_one_tile_is_exact(vae, encode, decode):
   video = _video(1 + F, h=8, w=8, seed=6)
   whole = encode(video)

@@ -36,6 +36,7 @@ def test_loss_terms_follow_their_formulas():
   np.testing.assert_allclose(m[1], [rest.size, rest.sum(), (rest ** 2).sum()])
 
 
+@pytest.mark.slow
 def test_discriminator_shapes_and_instance_norm():
   disc = disc_lib.PatchDiscriminator(1, width=8, num_layers=2, rngs=nnx.Rngs(0))
   logits = disc(jnp.zeros((2, 3, 32, 32, 1)))
