@@ -15,7 +15,7 @@ and the same for temporal_up). The official recipe
 with `loss.recon='l2'`; LPIPS needs VGG weights that cannot be downloaded here.
 
 Variants (`--config=configs/vae_moving_digits.py:<arg>`):
-  ''   (default) the README's VAE run: 3600 steps (~2 steps/s alone on 2 CPU cores).
+  ''   (default) the README's VAE run: 3600 steps (measured ~1 step/s while sharing 2 CPU cores).
   tiny a few steps of a very small VAE, for tests.
 """
 
