@@ -2,7 +2,7 @@ r"""Benchmarks, each printing a table and writing JSON.
 
   python -m pflow_jax.bench --config=configs/moving_digits.py [--out=bench_results/pyramid.json]
   python -m pflow_jax.bench --mode=temporal --config=configs/moving_digits.py:ar \
-      [--out=bench_results/temporal.json]
+      [--units=1,4,8,15] [--out=bench_results/temporal.json]
 
 --mode=pyramid: for the same DiT, the training-step time (median of --steps
 timed steps after warm-up and compilation) with analytic FLOPs, and the
@@ -10,19 +10,23 @@ sampling time at the config's steps per stage (the official [20, 20, 20]),
 for stages=K against full-resolution flow matching (stages=1) with the same
 total number of Euler steps.
 
---mode=temporal: autoregressive generation of a video --length_factor times
-the training clips, keeping the whole history (the official inference), one
-compiled program per history length so every frame pays its exact cost. Per
-generated frame: the keys a full-resolution target token attends (text +
-history + target) and the wall time, for (a) the temporal pyramid with the
+--mode=temporal: the cost of each frame unit of an autoregressive video
+--length_factor times the training clips, keeping the whole history (the
+official inference). Per frame unit in --units (default: 0, 1, 2, 4, ... and
+the last, since each timed unit compiles its own program): the keys a
+full-resolution target token attends (text + history + target) and the median
+wall time of generating that unit (all stages and steps) with a program
+compiled for its exact history length, for (a) the temporal pyramid with the
 history's keys/values cached, (b) the temporal pyramid recomputing them at
-every step, (c) full-resolution history (no compression), recomputed. Also
-the largest difference between (a) and (b) (equal up to float rounding).
+every step, (c) full-resolution history (no compression), recomputed. Then
+the whole video is generated with (a) and with (b) in float32 and their
+largest difference reported (equal up to float rounding).
 Synthetic inputs and perturbed random weights: timing does not depend on them.
 """
 
 import copy
 import json
+import logging
 import os
 import statistics
 import time
@@ -46,8 +50,11 @@ _MODE = flags.DEFINE_enum('mode', 'pyramid', ['pyramid', 'temporal'], 'What to b
 _OUT = flags.DEFINE_string('out', None, 'JSON output path (default bench_results/<mode>.json).')
 _LENGTH_FACTOR = flags.DEFINE_integer('length_factor', 2, 'temporal: video length in '
                                       'training clips.')
+_UNITS = flags.DEFINE_list('units', None, 'temporal: the frame units to time (default: '
+                           '0, 1, 2, 4, ... and the last).')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed training steps per variant.')
-_SAMPLE_REPEATS = flags.DEFINE_integer('sample_repeats', 2, 'Timed sampling runs per variant.')
+_SAMPLE_REPEATS = flags.DEFINE_integer('sample_repeats', 2, 'Timed sampling runs per variant '
+                                       '(temporal: per frame).')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 2, 'Videos per sampling run.')
 flags.mark_flags_as_required(['config'])
 
@@ -136,61 +143,92 @@ def attended_keys(config, generator: inference.VideoGenerator, unit: int) -> int
   return flops.dit_text_tokens(config) + history.tokens(min(unit, generator.window)) + target
 
 
-def bench_temporal(config, length_factor: int) -> dict:
-  units = config_lib.latent_size(config)[0]
-  num_frames = length_factor * units
+def _timed_units(name: str, config, graphdef, params, codec, tokens, num_frames: int,
+                 units: list[int], repeats: int) -> list[dict]:
+  """Per unit: the keys a full-resolution target token attends and the median wall time of
+  generating that unit with a program compiled for its exact history length."""
+  gen = inference.VideoGenerator(config, graphdef, codec, num_frames=num_frames,
+                                 window=num_frames - 1, pad_history=False)
+  _, h, w = config_lib.latent_size(config)
+  frames = jax.random.normal(jax.random.key(1), (tokens.shape[0], num_frames, h, w,
+                                                 codec.latent_channels))
+  rows = []
+  for u in units:
+    run = lambda u=u: gen.generate_unit(params, tokens, frames, u, jax.random.key(0))
+    jax.block_until_ready(run())  # compile
+    rows.append({'frame': u, 'attended_keys': attended_keys(config, gen, u),
+                 'seconds': statistics.median(_timed(run, repeats))})
+    logging.info('%s frame %d: %.3f s', name, u, rows[-1]['seconds'])
+  return rows
+
+
+def bench_temporal(config, length_factor: int, units: list[int] | None, repeats: int) -> dict:
+  training_frames = config_lib.latent_size(config)[0]
+  num_frames = length_factor * training_frames
+  if units is None:  # 0, 1, 2, 4, ... and the last: each timed unit compiles its own program
+    units = sorted({0, num_frames - 1} | {2 ** i for i in range(num_frames.bit_length())
+                                          if 2 ** i < num_frames})
+  units = sorted(set(units))
+  if not units or units[0] < 0 or units[-1] >= num_frames:
+    raise ValueError(f'--units must lie in [0, {num_frames - 1}], got {units}')
   graphdef, params = perturbed_params(config)
   codec = latent_codec.make_codec(config.latent)
   tokens = inference.tokenize_prompts(config, ['a 3 moving left'])
   variants = {'pyramid_cached': (True, True), 'pyramid_recomputed': (True, False),
               'full_res_history': (False, False)}
-  results, latents = {}, {}
+  configs = {}
   for name, (compress, cache) in variants.items():
     c = copy.deepcopy(config)
     with c.unlocked():
       c.temporal.compress_history = compress
       c.sample.cache_history = cache
-    gen = inference.VideoGenerator(c, graphdef, codec, num_frames=num_frames,
-                                   window=num_frames - 1, cache=cache, pad_history=False)
-    gen.latents(params, tokens, jax.random.key(0))  # compiles every history length
-    stamps = [time.perf_counter()]
-    latents[name] = gen.latents(params, tokens, jax.random.key(0),
-                                on_frame=lambda _: stamps.append(time.perf_counter()))
-    times = np.diff(stamps)
-    results[name] = [{'frame': u, 'attended_keys': attended_keys(c, gen, u),
-                      'seconds': float(times[u])} for u in range(num_frames)]
-  diff = float(jnp.abs(latents['pyramid_cached'] - latents['pyramid_recomputed']).max())
-  last = num_frames - 1
+    configs[name] = c
+  results = {name: _timed_units(name, c, graphdef, params, codec, tokens, num_frames, units,
+                                repeats) for name, c in configs.items()}
+  # Equal videos: the whole autoregressive generation, cached against recomputed, in float32
+  # (bf16 rounds the two summation orders differently, and the error compounds over frames).
+  # Padded history: two programs per variant.
+  videos = {}
+  for name in ('pyramid_cached', 'pyramid_recomputed'):
+    c = copy.deepcopy(configs[name])
+    c.dtype = 'float32'
+    fp32_graphdef, fp32_params = perturbed_params(c)
+    videos[name] = inference.VideoGenerator(
+        c, fp32_graphdef, codec, num_frames=num_frames, window=num_frames - 1).latents(
+            fp32_params, tokens, jax.random.key(0))
+  diff = float(jnp.abs(videos['pyramid_cached'] - videos['pyramid_recomputed']).max())
+  first, last = results['pyramid_recomputed'][0], results['pyramid_recomputed'][-1]
+  seconds = lambda name, i: results[name][i]['seconds']
+  keys = lambda name, i: results[name][i]['attended_keys']
+  video_rows = [i for i, u in enumerate(units) if u > 0]  # frame 0 has no history to cache
   ratios = {
       'time_full_res_over_pyramid_at_last_frame':
-          results['full_res_history'][last]['seconds'] / results['pyramid_recomputed'][last][
-              'seconds'],
+          seconds('full_res_history', -1) / seconds('pyramid_recomputed', -1),
       'keys_full_res_over_pyramid_at_last_frame':
-          results['full_res_history'][last]['attended_keys'] / results['pyramid_recomputed'][
-              last]['attended_keys'],
+          keys('full_res_history', -1) / keys('pyramid_recomputed', -1),
       'time_recomputed_over_cached_video_frames':
-          sum(r['seconds'] for r in results['pyramid_recomputed'][1:])
-          / sum(r['seconds'] for r in results['pyramid_cached'][1:]),
-      'growth_pyramid_last_over_second_frame':
-          results['pyramid_recomputed'][last]['seconds'] / results['pyramid_recomputed'][1][
-              'seconds'],
-      'growth_full_res_last_over_second_frame':
-          results['full_res_history'][last]['seconds'] / results['full_res_history'][1][
-              'seconds'],
+          sum(seconds('pyramid_recomputed', i) for i in video_rows)
+          / sum(seconds('pyramid_cached', i) for i in video_rows) if video_rows else None,
+      'growth_pyramid_last_over_first_timed':
+          seconds('pyramid_recomputed', -1) / seconds('pyramid_recomputed', 0),
+      'growth_full_res_last_over_first_timed':
+          seconds('full_res_history', -1) / seconds('full_res_history', 0),
   }
   header = f'{"frame":>5} ' + ' '.join(f'{n + " keys":>26} {"s":>7}' for n in variants)
   print(f'autoregressive generation of {num_frames} latent frames ({length_factor}x the '
-        f'{units}-frame training clips), whole history kept')
+        f'{training_frames}-frame training clips), whole history kept; time: median of '
+        f'{repeats} runs of one frame (all its stages and steps), exact history length')
   print(header)
   print('-' * len(header))
-  for u in range(num_frames):
-    print(f'{u:>5} ' + ' '.join(f'{results[n][u]["attended_keys"]:>26} '
-                                f'{results[n][u]["seconds"]:>7.3f}' for n in variants))
-  print(f'max |cached - recomputed| latent difference: {diff:.2e}')
+  for i, u in enumerate(units):
+    print(f'{u:>5} ' + ' '.join(f'{keys(n, i):>26} {seconds(n, i):>7.3f}' for n in variants))
+  print(f'max |cached - recomputed| over the whole {num_frames}-frame video (float32): '
+        f'{diff:.2e}')
   for k, v in ratios.items():
-    print(f'{k}: {v:.2f}x')
-  return {'num_frames': num_frames, 'training_frames': units, 'frames': results,
-          'max_abs_diff_cached_vs_recomputed': diff, 'ratios': ratios}
+    if v is not None:
+      print(f'{k} (frames {first["frame"]}..{last["frame"]}): {v:.2f}x')
+  return {'num_frames': num_frames, 'training_frames': training_frames, 'timing_repeats': repeats,
+          'frames': results, 'max_abs_diff_cached_vs_recomputed_fp32': diff, 'ratios': ratios}
 
 
 def bench_pyramid(config) -> dict:
@@ -225,7 +263,8 @@ def main(argv):
   config = _CONFIG.value
   config_lib.validate(config)
   if _MODE.value == 'temporal':
-    report = bench_temporal(config, _LENGTH_FACTOR.value)
+    units = None if _UNITS.value is None else [int(u) for u in _UNITS.value]
+    report = bench_temporal(config, _LENGTH_FACTOR.value, units, _SAMPLE_REPEATS.value)
   else:
     report = bench_pyramid(config)
   report = {'mode': _MODE.value, 'device': str(jax.devices()[0].device_kind),

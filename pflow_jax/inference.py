@@ -142,12 +142,19 @@ class VideoGenerator:
                          f'in {self.num_frames}')
       frames = frames.at[:, :first].set(prefix)
     for unit in range(first, self.num_frames):
-      frames = self._unit_step(params, tokens, frames, jnp.int32(unit), rng,
-                               history=self.history_length(unit), first=unit == 0)
+      frames = self.generate_unit(params, tokens, frames, unit, rng)
       if on_frame is not None:
         jax.block_until_ready(frames)
         on_frame(unit)
     return frames
+
+  def generate_unit(self, params: nnx.State, tokens: jax.Array, frames: jax.Array, unit: int,
+                    rng: jax.Array) -> jax.Array:
+    """`frames` [N, num_frames, h, w, C] with frame `unit` generated on the frames before it."""
+    if not 0 <= unit < self.num_frames:
+      raise ValueError(f'unit {unit} is outside the {self.num_frames} frames')
+    return self._unit_step(params, tokens, frames, jnp.int32(unit), rng,
+                           history=self.history_length(unit), first=unit == 0)
 
   def history_length(self, unit: int) -> int:
     """History frames the program of frame `unit` is compiled for."""
