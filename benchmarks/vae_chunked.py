@@ -8,12 +8,15 @@ For each length, compiles (without allocating parameters: they are abstract)
 the whole-video and the chunked encode and decode, and reports XLA's buffer
 analysis: temp (activations and scratch), argument and output bytes. With
 `--run` it also executes them on random weights and inputs, times them, and
-where the backend reports it (GPU/TPU) records the device's peak bytes in use.
+where the backend reports it (GPU/TPU) records the device's peak bytes in use
+(the CPU backend does not: there, XLA's temp bytes are the activation peak).
+Prints a table and writes JSON.
 The whole-video temp memory grows with the frame count; the chunked one stays
 flat (one chunk's activations), plus the input and output buffers.
 """
 
 import json
+import logging
 import os
 import time
 
@@ -33,7 +36,8 @@ _CHUNK_FRAMES = flags.DEFINE_integer('chunk_frames', None, 'Encode chunk (defaul
 _CHUNK_LATENTS = flags.DEFINE_integer('chunk_latents', 1, 'Decode chunk in latent frames.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
 _RUN = flags.DEFINE_bool('run', False, 'Also execute and time (allocates parameters).')
-_OUT = flags.DEFINE_string('out', None, 'JSON output path.')
+_OUT = flags.DEFINE_string('out', None, 'JSON output path (default '
+                           'bench_results/vae_chunked.json).')
 
 MiB = 2 ** 20
 
@@ -84,15 +88,30 @@ def main(_):
         jax.block_until_ready(compiled(state, x))
         row.update(run_s=round(time.perf_counter() - start, 3), peak_bytes=_peak_bytes())
       rows.append(row)
-      print(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
-                     for k, v in row.items()), flush=True)
+      logging.info('%s', row)
+  print_table(rows, _RUN.value)
+  out = _OUT.value or 'bench_results/vae_chunked.json'
+  os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
+  with open(out, 'w') as fh:
+    json.dump(dict(config=_CONFIG.value, size=_SIZE.value, batch=_BATCH.value,
+                   chunk_frames=chunk_frames, chunk_latents=_CHUNK_LATENTS.value,
+                   dtype=_DTYPE.value, device=str(jax.devices()[0]), rows=rows), fh, indent=1)
+  print(f'wrote {out}')
 
-  if _OUT.value:
-    os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
-    with open(_OUT.value, 'w') as fh:
-      json.dump(dict(config=_CONFIG.value, size=_SIZE.value, batch=_BATCH.value,
-                     chunk_frames=chunk_frames, chunk_latents=_CHUNK_LATENTS.value,
-                     dtype=_DTYPE.value, device=str(jax.devices()[0]), rows=rows), fh, indent=1)
+
+def print_table(rows: list[dict], timed: bool) -> None:
+  """One line per (function, frames): XLA's temp/argument/output MiB, and the time if run."""
+  header = (f'{"function":>15} {"frames":>6} {"temp MiB":>9} {"args MiB":>9} {"out MiB":>8}'
+            + (f' {"run s":>7} {"peak MiB":>9}' if timed else ''))
+  print(header)
+  print('-' * len(header))
+  for r in sorted(rows, key=lambda r: r['fn']):  # stable: each function by growing length
+    line = (f'{r["fn"]:>15} {r["frames"]:>6} {r.get("temp_mib", float("nan")):>9.2f} '
+            f'{r.get("argument_mib", float("nan")):>9.2f} {r.get("output_mib", float("nan")):>8.2f}')
+    if timed:
+      peak = r.get('peak_bytes')
+      line += f' {r["run_s"]:>7.3f} ' + (f'{peak / MiB:>9.1f}' if peak else f'{"n/a":>9}')
+    print(line)
 
 
 if __name__ == '__main__':

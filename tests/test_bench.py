@@ -1,0 +1,53 @@
+"""The benchmarks as a user runs them: they finish, and their JSON shows what they claim."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_module(module, *args, timeout=600):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  proc = subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=env, text=True,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+  assert proc.returncode == 0, proc.stdout[-3000:]
+  return proc.stdout
+
+
+def test_vae_chunked_memory_stays_flat_as_the_video_grows(tmp_path):
+  out = tmp_path / 'vae.json'
+  stdout = run_module('benchmarks.vae_chunked', '--config=tiny', '--frames=9,33', '--size=16',
+                      f'--out={out}')
+  assert 'encode_chunked' in stdout and 'temp MiB' in stdout  # the table
+  rows = json.loads(out.read_text())['rows']
+  temp = {(r['fn'], r['frames']): r['temp_mib'] for r in rows}
+  for fn in ('encode', 'decode'):
+    # Whole-video activations grow with the length (4x the frames here) ...
+    assert temp[fn, 33] > 2.5 * temp[fn, 9], temp
+    # ... chunked ones are one chunk's: flat, and below the whole video's.
+    assert temp[f'{fn}_chunked', 33] < 1.2 * temp[f'{fn}_chunked', 9], temp
+    assert temp[f'{fn}_chunked', 33] < temp[fn, 33] / 2, temp
+
+
+@pytest.mark.slow
+def test_temporal_benchmark_reports_per_frame_cost_and_equal_cached_video(tmp_path):
+  out = tmp_path / 'temporal.json'
+  stdout = run_module('pflow_jax.bench', '--mode=temporal',
+                      '--config=configs/moving_digits.py:ar,tiny', '--units=1,5',
+                      '--sample_repeats=1', f'--out={out}')
+  assert 'pyramid_cached keys' in stdout
+  report = json.loads(out.read_text())
+  assert report['num_frames'] == 2 * report['training_frames'] == 6
+  frames = report['frames']
+  assert [r['frame'] for r in frames['pyramid_cached']] == [1, 5]
+  # Attended keys: equal with and without the cache; the full-resolution history
+  # adds a whole frame's tokens per frame, the pyramid far fewer.
+  pyr = [r['attended_keys'] for r in frames['pyramid_recomputed']]
+  full = [r['attended_keys'] for r in frames['full_res_history']]
+  assert pyr == [r['attended_keys'] for r in frames['pyramid_cached']]
+  assert full[1] - full[0] > 2 * (pyr[1] - pyr[0])
+  assert report['max_abs_diff_cached_vs_recomputed_fp32'] < 1e-4
