@@ -218,6 +218,7 @@ def vae_base_config() -> ml_collections.ConfigDict:
       temporal_up=(True, True, False),
       norm_num_groups=8,
       mid_attention=True,
+      logvar_init=0.0,             # official; < 0 starts short runs from an informative latent
       # Latent normalisation for the DiT, z_norm = (z - shift) * scale; measure
       # them on your latents (`python -m pflow_jax.encode` prints them).
       first_frame_shift=0.0,
@@ -235,13 +236,12 @@ def vae_base_config() -> ml_collections.ConfigDict:
       disc_width=32,
       disc_layers=3,
   ))
-  num_steps = ml_collections.FieldReference(3600)
   c.optim = ml_collections.ConfigDict(dict(
       lr=2e-3, warmup_steps=100, b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-3,
-      decay_steps=num_steps,       # cosine to 0 over the run: short CPU runs end sharper
+      decay_steps=-1,              # -1: cosine to 0 over train.num_steps (short runs end sharper)
       clip_grad=1.0, ema_decay=0.99))
   c.train = ml_collections.ConfigDict(dict(
-      num_steps=num_steps, log_every=20, checkpoint_every=300, keep_checkpoints=3,
+      num_steps=3600, log_every=20, checkpoint_every=300, keep_checkpoints=3,
       sample_every=600, eval_examples=128, fps=4,
       crop_size=16))               # train on random crops (0: whole frames); eval on whole frames
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, sequence=1, tensor=1))

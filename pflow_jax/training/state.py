@@ -31,6 +31,9 @@ def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransforma
   After warm-up the rate stays constant (official recipe; `decay_steps=0`) or
   follows a cosine to zero over `decay_steps` (short runs, e.g. the CPU VAE).
   """
+  if optim.decay_steps < 0:
+    raise ValueError(f'optim.decay_steps must be 0 (constant) or a step count, got '
+                     f'{optim.decay_steps}')
   warmup = max(optim.warmup_steps, 1)
   after = (optax.cosine_decay_schedule(optim.lr, optim.decay_steps) if optim.decay_steps > 0
            else optax.constant_schedule(optim.lr))

@@ -102,10 +102,16 @@ def init_state(config: ml_collections.ConfigDict, mesh: Mesh,
 
 
 def make_optimizers(config: ml_collections.ConfigDict):
-  """(VAE optimizer, discriminator optimizer): AdamW with warm-up and clipping (official)."""
-  disc_optim = config.optim.copy_and_resolve_references()
+  """(VAE optimizer, discriminator optimizer): AdamW with warm-up and clipping (official).
+
+  optim.decay_steps -1 is the run length, train.num_steps.
+  """
+  optim = config.optim.copy_and_resolve_references()
+  if optim.decay_steps == -1:
+    optim.decay_steps = config.train.num_steps
+  disc_optim = optim.copy_and_resolve_references()
   disc_optim.lr = config.loss.disc_lr
-  return state_lib.make_optimizer(config.optim), state_lib.make_optimizer(disc_optim)
+  return state_lib.make_optimizer(optim), state_lib.make_optimizer(disc_optim)
 
 
 def video_batch(batch: Batch) -> jax.Array:
