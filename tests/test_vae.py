@@ -307,3 +307,15 @@ def test_conv_as_2d_equals_the_3d_convolution(kernel, stride):
       x, k, stride, ((0, 0), (kernel[1] // 2,) * 2, (kernel[2] // 2,) * 2),
       dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))
   _close(vae_blocks._conv_as_2d(x, k, stride), want, 1e-4)
+
+
+def test_logvar_init_is_the_initial_posterior_log_variance():
+  """quant_conv's logvar bias starts at logvar_init; its 0.02-std kernel adds a small spread
+  (the official init, which the test's numpy-drawn fixture does not use)."""
+  logvar_init = -8.0
+  config = dataclasses.replace(CFG, logvar_init=logvar_init)
+  vae = vae_lib.CausalVAE(config, rngs=nnx.Rngs(0))
+  posterior = nnx.jit(lambda m, v: m.encode(v))(vae, _video(5, 16, 16, b=2))
+  np.testing.assert_allclose(float(posterior.logvar.mean()), logvar_init, atol=0.05)
+  assert float(jnp.abs(posterior.logvar - logvar_init).max()) < 0.5
+  assert float(jnp.abs(posterior.mean).max()) < 0.5  # the mean half keeps its zero bias

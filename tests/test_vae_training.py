@@ -226,3 +226,39 @@ def test_latent_dataset_mismatch_is_an_error(vae_run, tmp_path):
   latent_dataset.check_compatible(out, (2, 8, 8, 4), norm)
   with pytest.raises(ValueError, match='Re-encode'):
     latent_dataset.check_compatible(out, (2, 8, 8, 4), {**norm, 'video_scale': 3.0})
+
+
+def test_learning_rate_decays_over_the_run_and_overrides_stay_independent():
+  """decay_steps -1 is the cosine over train.num_steps: after warm-up the unit-gradient
+  update (b1 = b2 = 0) is lr (1 + cos(pi s / S)) / 2; setting one field leaves the other."""
+  config = vae_moving_digits.get_config('')
+  config.optim.update(b1=0.0, b2=0.0, eps=1e-12, weight_decay=0.0, warmup_steps=1)
+  config.train.num_steps = 40
+  assert config.optim.decay_steps == -1
+  tx, _ = vae_step.make_optimizers(config)
+  params = jnp.zeros(())
+  opt_state = tx.init(params)
+  rates = []
+  for _ in range(41):
+    update, opt_state = tx.update(jnp.ones(()), opt_state, params)
+    rates.append(-float(update))
+  s = np.arange(41) - 1.0
+  expected = np.where(s < 0, 0.0, config.optim.lr * 0.5 * (1 + np.cos(np.pi * np.clip(s, 0, 40)
+                                                                       / 40)))
+  np.testing.assert_allclose(rates, expected, atol=1e-7)
+  config.optim.decay_steps = 7
+  assert config.train.num_steps == 40
+
+
+def test_random_crops_are_windows_of_each_clip():
+  video = jnp.arange(3 * 2 * 8 * 8 * 1, dtype=jnp.float32).reshape(3, 2, 8, 8, 1)
+  crops = np.asarray(vae_step.random_crops(video, jax.random.key(0), 4))
+  assert crops.shape == (3, 2, 4, 4, 1)
+  for clip, crop in zip(np.asarray(video), crops):
+    first = crop[0, 0, 0, 0]  # values are unique: they locate the window
+    t, y, x, _ = np.argwhere(clip == first)[0]
+    assert t == 0 and y <= 4 and x <= 4
+    np.testing.assert_array_equal(crop, clip[:, y:y + 4, x:x + 4])
+  assert vae_step.random_crops(video, jax.random.key(0), 0) is video
+  with pytest.raises(ValueError, match='exceeds'):
+    vae_step.random_crops(video[:, :, :4], jax.random.key(0), 6)

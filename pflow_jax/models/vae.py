@@ -59,6 +59,11 @@ class VAEConfig:
   mid_attention: bool = True
   logvar_min: float = -30.0                 # DiagonalGaussianDistribution clamp
   logvar_max: float = 20.0
+  # Initial posterior log-variance (the logvar half of quant_conv's bias). The
+  # official 0 means unit noise on near-zero initial means: the decoder starts
+  # from pure noise and a long run slowly pushes logvar down. A negative value
+  # starts from an informative latent, which short CPU runs need.
+  logvar_init: float = 0.0
   # Pipeline latent normalisation, z_norm = (z - shift) * scale, for the first
   # latent frame and for the later ones (SD3 variant; `official('miniflux')`).
   # From the official PyramidDiTForVideoGeneration: pyramid_mmdit (SD3) uses
@@ -207,6 +212,7 @@ class CausalVAE(nnx.Module):
     self.decoder = Decoder(config, **kw)
     lat = config.latent_channels
     self.quant_conv = blocks.CausalConv3d(2 * lat, 2 * lat, 1, **kw)
+    self.quant_conv.bias[...] = self.quant_conv.bias[...].at[lat:].set(config.logvar_init)
     self.post_quant_conv = blocks.CausalConv3d(lat, lat, 1, **kw)
 
   @property
