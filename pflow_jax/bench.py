@@ -143,22 +143,23 @@ def attended_keys(config, generator: inference.VideoGenerator, unit: int) -> int
   return flops.dit_text_tokens(config) + history.tokens(min(unit, generator.window)) + target
 
 
-def _timed_units(name: str, config, graphdef, params, codec, tokens, num_frames: int,
+def _frame_costs(name: str, config, graphdef, params, codec, tokens, num_frames: int,
                  units: list[int], repeats: int) -> list[dict]:
-  """Per unit: the keys a full-resolution target token attends and the median wall time of
-  generating that unit with a program compiled for its exact history length."""
+  """Per frame 0..num_frames-1: the keys a full-resolution target token attends, and for the
+  frames in `units` the median wall time of generating that frame with a program compiled
+  for its exact history length (None for the others)."""
   gen = inference.VideoGenerator(config, graphdef, codec, num_frames=num_frames,
                                  window=num_frames - 1, pad_history=False)
   _, h, w = config_lib.latent_size(config)
   frames = jax.random.normal(jax.random.key(1), (tokens.shape[0], num_frames, h, w,
                                                  codec.latent_channels))
-  rows = []
+  rows = [{'frame': u, 'attended_keys': attended_keys(config, gen, u), 'seconds': None}
+          for u in range(num_frames)]
   for u in units:
     run = lambda u=u: gen.generate_unit(params, tokens, frames, u, jax.random.key(0))
     jax.block_until_ready(run())  # compile
-    rows.append({'frame': u, 'attended_keys': attended_keys(config, gen, u),
-                 'seconds': statistics.median(_timed(run, repeats))})
-    logging.info('%s frame %d: %.3f s', name, u, rows[-1]['seconds'])
+    rows[u]['seconds'] = statistics.median(_timed(run, repeats))
+    logging.info('%s frame %d: %.3f s', name, u, rows[u]['seconds'])
   return rows
 
 
@@ -183,7 +184,7 @@ def bench_temporal(config, length_factor: int, units: list[int] | None, repeats:
       c.temporal.compress_history = compress
       c.sample.cache_history = cache
     configs[name] = c
-  results = {name: _timed_units(name, c, graphdef, params, codec, tokens, num_frames, units,
+  results = {name: _frame_costs(name, c, graphdef, params, codec, tokens, num_frames, units,
                                 repeats) for name, c in configs.items()}
   # Equal videos: the whole autoregressive generation, cached against recomputed, in float32
   # (bf16 rounds the two summation orders differently, and the error compounds over frames).
@@ -197,38 +198,43 @@ def bench_temporal(config, length_factor: int, units: list[int] | None, repeats:
         c, fp32_graphdef, codec, num_frames=num_frames, window=num_frames - 1).latents(
             fp32_params, tokens, jax.random.key(0))
   diff = float(jnp.abs(videos['pyramid_cached'] - videos['pyramid_recomputed']).max())
-  first, last = results['pyramid_recomputed'][0], results['pyramid_recomputed'][-1]
-  seconds = lambda name, i: results[name][i]['seconds']
-  keys = lambda name, i: results[name][i]['attended_keys']
-  video_rows = [i for i, u in enumerate(units) if u > 0]  # frame 0 has no history to cache
+  seconds = lambda name, u: results[name][u]['seconds']
+  keys = lambda name, u: results[name][u]['attended_keys']
+  last, video_units = units[-1], [u for u in units if u > 0]  # frame 0: no history to cache
   ratios = {
-      'time_full_res_over_pyramid_at_last_frame':
-          seconds('full_res_history', -1) / seconds('pyramid_recomputed', -1),
-      'keys_full_res_over_pyramid_at_last_frame':
-          keys('full_res_history', -1) / keys('pyramid_recomputed', -1),
-      'time_recomputed_over_cached_video_frames':
-          sum(seconds('pyramid_recomputed', i) for i in video_rows)
-          / sum(seconds('pyramid_cached', i) for i in video_rows) if video_rows else None,
-      'growth_pyramid_last_over_first_timed':
-          seconds('pyramid_recomputed', -1) / seconds('pyramid_recomputed', 0),
-      'growth_full_res_last_over_first_timed':
-          seconds('full_res_history', -1) / seconds('full_res_history', 0),
+      f'keys_full_res_over_pyramid_at_frame_{num_frames - 1}':
+          keys('full_res_history', num_frames - 1) / keys('pyramid_recomputed', num_frames - 1),
+      f'time_full_res_over_pyramid_at_frame_{last}':
+          seconds('full_res_history', last) / seconds('pyramid_recomputed', last),
   }
+  if video_units:
+    ratios['time_recomputed_over_cached_timed_video_frames'] = (
+        sum(seconds('pyramid_recomputed', u) for u in video_units)
+        / sum(seconds('pyramid_cached', u) for u in video_units))
+  if len(video_units) > 1:  # frame 0 is an image with its own steps: growth is over video frames
+    a, b = video_units[0], video_units[-1]
+    for name in ('pyramid_recomputed', 'full_res_history'):
+      ratios[f'growth_{name}_frame_{b}_over_frame_{a}'] = seconds(name, b) / seconds(name, a)
   header = f'{"frame":>5} ' + ' '.join(f'{n + " keys":>26} {"s":>7}' for n in variants)
   print(f'autoregressive generation of {num_frames} latent frames ({length_factor}x the '
         f'{training_frames}-frame training clips), whole history kept; time: median of '
-        f'{repeats} runs of one frame (all its stages and steps), exact history length')
+        f'{repeats} runs of one frame (all its stages and steps), exact history length, for '
+        f'frames {units}')
   print(header)
   print('-' * len(header))
-  for i, u in enumerate(units):
-    print(f'{u:>5} ' + ' '.join(f'{keys(n, i):>26} {seconds(n, i):>7.3f}' for n in variants))
+  for u in range(num_frames):
+    cells = []
+    for n in variants:
+      t = seconds(n, u)
+      cells.append(f'{keys(n, u):>26} ' + (f'{t:>7.3f}' if t is not None else f'{"-":>7}'))
+    print(f'{u:>5} ' + ' '.join(cells))
   print(f'max |cached - recomputed| over the whole {num_frames}-frame video (float32): '
         f'{diff:.2e}')
   for k, v in ratios.items():
-    if v is not None:
-      print(f'{k} (frames {first["frame"]}..{last["frame"]}): {v:.2f}x')
-  return {'num_frames': num_frames, 'training_frames': training_frames, 'timing_repeats': repeats,
-          'frames': results, 'max_abs_diff_cached_vs_recomputed_fp32': diff, 'ratios': ratios}
+    print(f'{k}: {v:.2f}x')
+  return {'num_frames': num_frames, 'training_frames': training_frames, 'timed_frames': units,
+          'timing_repeats': repeats, 'frames': results,
+          'max_abs_diff_cached_vs_recomputed_fp32': diff, 'ratios': ratios}
 
 
 def bench_pyramid(config) -> dict:
