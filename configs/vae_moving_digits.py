@@ -14,8 +14,12 @@ and the same for temporal_up). The official recipe
 (8x8x8, 16 channels, L2 + LPIPS + KL, GAN after 250k steps) is `VAEConfig.official()`
 with `loss.recon='l2'`; LPIPS needs VGG weights that cannot be downloaded here.
 
+Measured on the 2-core CPU with XLA_FLAGS=--xla_force_host_platform_device_count=4
+(data parallel over 4 host devices, 4.2 steps/s): 12000 steps in 55 min, held-out
+PSNR 26.8 dB (first frames 28.8, the first of each 2-frame chunk ~25).
+
 Variants (`--config=configs/vae_moving_digits.py:<arg>`):
-  ''   (default) the README's VAE run: 3600 steps (measured ~1 step/s while sharing 2 CPU cores).
+  ''   (default) the README's VAE run.
   tiny a few steps of a very small VAE, for tests.
 """
 
@@ -32,8 +36,9 @@ def get_config(arg: str = ''):
                    eval_examples=4)
     c.optim.warmup_steps = 2
   elif not arg:
-    c.vae.update(block_out_channels=(32, 64, 64), temporal_down=(True, False, False),
-                 temporal_up=(True, False, False))
+    c.vae.update(block_out_channels=(16, 32, 64), temporal_down=(True, False, False),
+                 temporal_up=(True, False, False), logvar_init=-8.0)
+    c.train.update(num_steps=12000, sample_every=1000, checkpoint_every=500)
   else:
     raise ValueError(f'unknown variant {arg!r} of configs/vae_moving_digits.py; use "" or "tiny"')
   return c
