@@ -1,6 +1,7 @@
-"""Causal video VAE on moving MNIST digits (CPU), for the DiT's `:vae` latents.
+r"""Causal video VAE on moving MNIST digits (CPU), for the DiT's `:vae` latents.
 
-  python -m pflow_jax.train_vae --config=configs/vae_moving_digits.py --workdir=runs/vae_digits
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 \
+      python -m pflow_jax.train_vae --config=configs/vae_moving_digits.py --workdir=runs/vae_digits
   python -m pflow_jax.train_vae --config=configs/vae_moving_digits.py:tiny ...   # tests
 
 4x spatial and 2x temporal compression to 16 latent channels: a 32x32 clip of

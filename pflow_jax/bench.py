@@ -189,14 +189,13 @@ def bench_temporal(config, length_factor: int, units: list[int] | None, repeats:
   # Equal videos: the whole autoregressive generation, cached against recomputed, in float32
   # (bf16 rounds the two summation orders differently, and the error compounds over frames).
   # Padded history: two programs per variant.
-  videos = {}
-  for name in ('pyramid_cached', 'pyramid_recomputed'):
-    c = copy.deepcopy(configs[name])
+  fp32 = {name: copy.deepcopy(configs[name]) for name in ('pyramid_cached', 'pyramid_recomputed')}
+  for c in fp32.values():
     c.dtype = 'float32'
-    fp32_graphdef, fp32_params = perturbed_params(c)
-    videos[name] = inference.VideoGenerator(
-        c, fp32_graphdef, codec, num_frames=num_frames, window=num_frames - 1).latents(
-            fp32_params, tokens, jax.random.key(0))
+  fp32_graphdef, fp32_params = perturbed_params(fp32['pyramid_cached'])  # the same model for both
+  videos = {name: inference.VideoGenerator(
+      c, fp32_graphdef, codec, num_frames=num_frames, window=num_frames - 1).latents(
+          fp32_params, tokens, jax.random.key(0)) for name, c in fp32.items()}
   diff = float(jnp.abs(videos['pyramid_cached'] - videos['pyramid_recomputed']).max())
   seconds = lambda name, u: results[name][u]['seconds']
   keys = lambda name, u: results[name][u]['attended_keys']
