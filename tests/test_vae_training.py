@@ -129,6 +129,7 @@ def vae_run(tmp_path_factory):
 def test_vae_loop_checkpoints_evaluates_and_resumes(vae_run, tmp_path):
   workdir, config, metrics = vae_run
   assert np.isfinite(metrics['eval_psnr']) and 'd_loss' not in metrics  # no GAN
+  assert 0 <= metrics['eval_active_channels'] <= config.vae.latent_channels
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
   assert os.path.exists(os.path.join(workdir, 'samples', 'step_0000004.png'))
   with open(os.path.join(workdir, vae_loop.STATS_FILE)) as f:
@@ -140,6 +141,25 @@ def test_vae_loop_checkpoints_evaluates_and_resumes(vae_run, tmp_path):
   more = vae_loop.train_vae(config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4', '6']
   assert np.isfinite(more['loss'])
+
+
+def test_evaluation_counts_the_latent_channels_that_vary_over_the_data():
+  # Latents with known per-channel spread: channels 0 and 2 vary across clips
+  # (std 1 and 0.2), channel 1 is a constant offset, channel 3 barely moves.
+  rng = np.random.default_rng(0)
+  clips = [{'video': np.full((3, 4, 4, 1), i, np.uint8)} for i in range(10)]
+  stds = np.array([1.0, 0.0, 0.2, 0.03])
+  latents = rng.normal(size=(10, 2, 2, 2, 4)) * stds + np.array([0.0, 5.0, 0.0, 0.0])
+
+  def reconstruct(params, video):
+    z = jnp.asarray(latents[video[:, 0, 0, 0, 0]], jnp.float32)
+    x = jnp.asarray(video, jnp.float32) / 127.5 - 1
+    return x, jnp.zeros(len(video)), vae_step.latent_moments(z), vae_step.channel_moments(z)
+
+  metrics, _, _ = vae_loop.evaluate(reconstruct, None, clips, num_examples=10, batch_size=3)
+  sample_variance = latents.reshape(-1, 4).var(axis=0)
+  assert metrics['eval_active_channels'] == (sample_variance > vae_loop.ACTIVE_CHANNEL_VARIANCE).sum() == 2
+  np.testing.assert_allclose(metrics['video_mean'], latents[:, 1:].mean(), rtol=1e-5)
 
 
 def test_loaded_codec_uses_the_measured_normalisation(vae_run):

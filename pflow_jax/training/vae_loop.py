@@ -35,26 +35,36 @@ def _video_only(record: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 STATS_FILE = 'latent_stats.json'
+# A latent channel is active when its posterior mean varies over the data by
+# more than this variance (Burda et al. 2015, "active units"); a channel the
+# KL term has collapsed onto the prior carries no information to the decoder.
+ACTIVE_CHANNEL_VARIANCE = 0.01
 
 
 def evaluate(reconstruct, params, source, num_examples: int,
              batch_size: int) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
   """Held-out metrics over the first num_examples of source, first inputs, their reconstructions.
 
-  Metrics: 'eval_psnr' (mean over clips) and the latent statistics the DiT
-  normalises with (mean and std of the first latent frame and of the others).
+  Metrics: 'eval_psnr' (mean over clips), 'eval_active_channels' (latent
+  channels whose posterior mean varies by more than ACTIVE_CHANNEL_VARIANCE)
+  and the latent statistics the DiT normalises with (mean and std of the first
+  latent frame and of the others).
   """
   num_examples = min(num_examples, len(source))
-  psnrs, moments, first = [], 0.0, None
+  psnrs, moments, channels, first = [], 0.0, 0.0, None
   for start in range(0, num_examples, batch_size):
     video = np.stack([source[i]['video'] for i in range(start, min(start + batch_size,
                                                                    num_examples))])
-    x_hat, psnr, m = reconstruct(params, video)
+    x_hat, psnr, m, cm = reconstruct(params, video)
     psnrs.append(np.asarray(psnr))
     moments = moments + np.asarray(m, np.float64)
+    channels = channels + np.asarray(cm, np.float64)
     if first is None:
       first = (video, np.asarray(jax.device_get(x_hat)))
-  metrics = {'eval_psnr': float(np.concatenate(psnrs).mean())}
+  count, total, squares = channels
+  channel_variance = squares / count - np.square(total / count)
+  metrics = {'eval_psnr': float(np.concatenate(psnrs).mean()),
+             'eval_active_channels': int((channel_variance > ACTIVE_CHANNEL_VARIANCE).sum())}
   for name, (count, total, squares) in zip(('first_frame', 'video'), moments):
     if count:
       mean = total / count
@@ -113,8 +123,9 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict[str, floa
       pairs = np.stack([video, (np.clip(x_hat, -1, 1) * 127.5 + 127.5).round().astype(np.uint8)],
                        axis=1).reshape((-1,) + video.shape[1:])
       grid = loop.write_samples(workdir, step, pairs[:8], config.train.fps)
-      logging.info('step %d: held-out PSNR %.2f dB; reconstructions (input above output) in %s',
-                   step, metrics['eval_psnr'], grid)
+      logging.info('step %d: held-out PSNR %.2f dB, %d of %d latent channels active; '
+                   'reconstructions (input above output) in %s', step, metrics['eval_psnr'],
+                   metrics['eval_active_channels'], config.vae.latent_channels, grid)
     return metrics
 
   return loop.run_loop(config, workdir, mesh, state, iterator, ckpt, train_step, on_sample)

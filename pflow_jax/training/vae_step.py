@@ -247,8 +247,16 @@ def latent_moments(z: jax.Array) -> jax.Array:
   return jnp.stack([moments(z[:, :1]), moments(z[:, 1:])])
 
 
+def channel_moments(z: jax.Array) -> jax.Array:
+  """float32 [3, C]: per latent channel (count, sum, sum of squares) over clips, frames and pixels."""
+  z = z.astype(jnp.float32).reshape(-1, z.shape[-1])
+  count = jnp.full((z.shape[-1],), z.shape[0], jnp.float32)
+  return jnp.stack([count, z.sum(axis=0), jnp.square(z).sum(axis=0)])
+
+
 def make_reconstruct_fn(config: ml_collections.ConfigDict, vae_gd: nnx.GraphDef):
-  """reconstruct(params, video uint8) -> (x_hat, psnr [B], latent moments [2, 3]), jitted.
+  """reconstruct(params, video uint8) -> (x_hat, psnr [B], latent moments [2, 3], channel
+  moments [3, C]), jitted.
 
   Uses the posterior mean; x_hat is float in [-1, 1] (unclipped).
   """
@@ -260,6 +268,6 @@ def make_reconstruct_fn(config: ml_collections.ConfigDict, vae_gd: nnx.GraphDef)
       x = video_batch({'video': video})
       z = vae.encode(x).mode()
       x_hat = vae.decode(z)
-    return x_hat, psnr(x, x_hat), latent_moments(z)
+    return x_hat, psnr(x, x_hat), latent_moments(z), channel_moments(z)
 
   return reconstruct
