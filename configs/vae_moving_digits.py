@@ -16,8 +16,10 @@ and the same for temporal_up). The official recipe
 with `loss.recon='l2'`; LPIPS needs VGG weights that cannot be downloaded here.
 
 Measured on the 2-core CPU with XLA_FLAGS=--xla_force_host_platform_device_count=4
-(data parallel over 4 host devices, 4.2 steps/s): 12000 steps in 55 min, held-out
-PSNR 26.8 dB (first frames 28.8, the first of each 2-frame chunk ~25).
+(data parallel over 4 host devices, 2.0 steps/s on the shared machine): 7500
+steps in 62 min, held-out PSNR 27.5 dB (first frames ~30, the first of each
+2-frame chunk ~25.5, the second ~28.3). Channels 16/32/64 cost half as much
+per step but plateau lower: 26.8 dB from 9000 to 12000 steps (55 min).
 
 Variants (`--config=configs/vae_moving_digits.py:<arg>`):
   ''   (default) the README's VAE run.
@@ -37,9 +39,9 @@ def get_config(arg: str = ''):
                    eval_examples=4)
     c.optim.warmup_steps = 2
   elif not arg:
-    c.vae.update(block_out_channels=(16, 32, 64), temporal_down=(True, False, False),
+    c.vae.update(block_out_channels=(32, 64, 64), temporal_down=(True, False, False),
                  temporal_up=(True, False, False), logvar_init=-8.0)
-    c.train.update(num_steps=12000, sample_every=1000, checkpoint_every=500)
+    c.train.update(num_steps=7500, sample_every=500, checkpoint_every=500)
   else:
     raise ValueError(f'unknown variant {arg!r} of configs/vae_moving_digits.py; use "" or "tiny"')
   return c

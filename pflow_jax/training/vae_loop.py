@@ -36,8 +36,8 @@ def _video_only(record: dict[str, Any]) -> dict[str, np.ndarray]:
 
 STATS_FILE = 'latent_stats.json'
 # A latent channel is active when its posterior mean varies over the data by
-# more than this variance (Burda et al. 2015, "active units"); a channel the
-# KL term has collapsed onto the prior carries no information to the decoder.
+# more than this variance (Burda et al. 2015, "active units"); a collapsed
+# channel (constant mean, posterior noise only) tells the decoder nothing.
 ACTIVE_CHANNEL_VARIANCE = 0.01
 
 
