@@ -41,6 +41,11 @@ STATS_FILE = 'latent_stats.json'
 ACTIVE_CHANNEL_VARIANCE = 0.01
 
 
+def _mean_variance(count, total, squares):
+  mean = total / count
+  return mean, np.maximum(squares / count - np.square(mean), 0.0)
+
+
 def evaluate(reconstruct, params, source, num_examples: int,
              batch_size: int) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
   """Held-out metrics over the first num_examples of source, first inputs, their reconstructions.
@@ -61,15 +66,14 @@ def evaluate(reconstruct, params, source, num_examples: int,
     channels = channels + np.asarray(cm, np.float64)
     if first is None:
       first = (video, np.asarray(jax.device_get(x_hat)))
-  count, total, squares = channels
-  channel_variance = squares / count - np.square(total / count)
+  _, channel_variance = _mean_variance(*channels)
   metrics = {'eval_psnr': float(np.concatenate(psnrs).mean()),
              'eval_active_channels': int((channel_variance > ACTIVE_CHANNEL_VARIANCE).sum())}
   for name, (count, total, squares) in zip(('first_frame', 'video'), moments):
     if count:
-      mean = total / count
+      mean, variance = _mean_variance(count, total, squares)
       metrics[f'{name}_mean'] = float(mean)
-      metrics[f'{name}_std'] = float(np.sqrt(max(squares / count - mean ** 2, 1e-12)))
+      metrics[f'{name}_std'] = float(np.sqrt(max(variance, 1e-12)))
   return metrics, first[0], first[1]
 
 

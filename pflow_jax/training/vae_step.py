@@ -237,21 +237,23 @@ def make_train_step(config: ml_collections.ConfigDict, vae_gd: nnx.GraphDef,
   return train_step
 
 
+def _moments(x: jax.Array, axis: tuple[int, ...]) -> jax.Array:
+  """float32 [3, ...]: (count, sum, sum of squares) of x over `axis`."""
+  x = x.astype(jnp.float32)
+  total = x.sum(axis=axis)
+  count = jnp.full_like(total, x.size // total.size)
+  return jnp.stack([count, total, jnp.square(x).sum(axis=axis)])
+
+
 def latent_moments(z: jax.Array) -> jax.Array:
   """float32 [2, 3]: (count, sum, sum of squares) of the first latent frame and of the rest."""
-  z = z.astype(jnp.float32)
-
-  def moments(part):
-    return jnp.stack([jnp.float32(part.size), part.sum(), jnp.square(part).sum()])
-
-  return jnp.stack([moments(z[:, :1]), moments(z[:, 1:])])
+  every_axis = tuple(range(z.ndim))
+  return jnp.stack([_moments(z[:, :1], every_axis), _moments(z[:, 1:], every_axis)])
 
 
 def channel_moments(z: jax.Array) -> jax.Array:
   """float32 [3, C]: per latent channel (count, sum, sum of squares) over clips, frames and pixels."""
-  z = z.astype(jnp.float32).reshape(-1, z.shape[-1])
-  count = jnp.full((z.shape[-1],), z.shape[0], jnp.float32)
-  return jnp.stack([count, z.sum(axis=0), jnp.square(z).sum(axis=0)])
+  return _moments(z, tuple(range(z.ndim - 1)))
 
 
 def make_reconstruct_fn(config: ml_collections.ConfigDict, vae_gd: nnx.GraphDef):
