@@ -27,6 +27,10 @@ def test_loss_terms_follow_their_formulas():
   # PSNR on the [0, 1] scale: MSE of (x - y) / 2.
   mse = ((0.25 + 1.0) / 4) / 4
   np.testing.assert_allclose(vae_step.psnr(x, y), [-10 * np.log10(mse)], rtol=1e-6)
+  # Per frame: the MSE of each frame alone; frame 1 is reconstructed exactly (floor 1e-12).
+  clip = jnp.concatenate([x, x], axis=1)
+  np.testing.assert_allclose(vae_step.frame_psnr(clip, jnp.concatenate([y, x], axis=1)),
+                             [[-10 * np.log10(mse), 120.0]], rtol=1e-6)
   real, fake = jnp.array([2.0, 0.5]), jnp.array([-2.0, 0.0])
   np.testing.assert_allclose(vae_step.hinge_d_loss(real, fake), 0.5 * (0.25 + 0.5))
   z = jnp.arange(2 * 3 * 1 * 1 * 2, dtype=jnp.float32).reshape(2, 3, 1, 1, 2)
@@ -143,7 +147,7 @@ def test_vae_loop_checkpoints_evaluates_and_resumes(vae_run, tmp_path):
   assert np.isfinite(more['loss'])
 
 
-def test_evaluation_counts_the_latent_channels_that_vary_over_the_data():
+def test_evaluation_counts_active_latent_channels_and_averages_each_frames_psnr():
   # Latents with known per-channel spread: channels 0 and 2 vary across clips
   # (std 1 and 0.2), channel 1 is a constant offset, channel 3 barely moves.
   rng = np.random.default_rng(0)
@@ -151,15 +155,22 @@ def test_evaluation_counts_the_latent_channels_that_vary_over_the_data():
   stds = np.array([1.0, 0.0, 0.2, 0.03])
   latents = rng.normal(size=(10, 2, 2, 2, 4)) * stds + np.array([0.0, 5.0, 0.0, 0.0])
 
+  # Per-frame PSNRs with a known mean over the clips: frame t of clip i scores i + 10 t.
+  frame_scores = np.arange(10)[:, None] + 10.0 * np.arange(3)
+
   def reconstruct(params, video):
-    z = jnp.asarray(latents[video[:, 0, 0, 0, 0]], jnp.float32)
+    clip = video[:, 0, 0, 0, 0]
+    z = jnp.asarray(latents[clip], jnp.float32)
     x = jnp.asarray(video, jnp.float32) / 127.5 - 1
-    return x, jnp.zeros(len(video)), vae_step.latent_moments(z), vae_step.channel_moments(z)
+    return (x, jnp.zeros(len(video)), jnp.asarray(frame_scores[clip]),
+            vae_step.latent_moments(z), vae_step.channel_moments(z))
 
   metrics, _, _ = vae_loop.evaluate(reconstruct, None, clips, num_examples=10, batch_size=3)
   sample_variance = latents.reshape(-1, 4).var(axis=0)
   assert metrics['eval_active_channels'] == (sample_variance > vae_loop.ACTIVE_CHANNEL_VARIANCE).sum() == 2
   np.testing.assert_allclose(metrics['video_mean'], latents[:, 1:].mean(), rtol=1e-5)
+  np.testing.assert_allclose([metrics[f'eval_psnr_frame{t}'] for t in range(3)],
+                             [4.5, 14.5, 24.5])
 
 
 def test_loaded_codec_uses_the_measured_normalisation(vae_run):

@@ -50,18 +50,20 @@ def evaluate(reconstruct, params, source, num_examples: int,
              batch_size: int) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
   """Held-out metrics over the first num_examples of source, first inputs, their reconstructions.
 
-  Metrics: 'eval_psnr' (mean over clips), 'eval_active_channels' (latent
-  channels whose posterior mean varies by more than ACTIVE_CHANNEL_VARIANCE)
-  and the latent statistics the DiT normalises with (mean and std of the first
-  latent frame and of the others).
+  Metrics: 'eval_psnr' (mean over clips), 'eval_psnr_frame<t>' (mean over clips
+  of frame t's PSNR: a causal VAE's frames differ by their place in a latent
+  chunk), 'eval_active_channels' (latent channels whose posterior mean varies by
+  more than ACTIVE_CHANNEL_VARIANCE) and the latent statistics the DiT
+  normalises with (mean and std of the first latent frame and of the others).
   """
   num_examples = min(num_examples, len(source))
-  psnrs, moments, channels, first = [], 0.0, 0.0, None
+  psnrs, frame_psnrs, moments, channels, first = [], [], 0.0, 0.0, None
   for start in range(0, num_examples, batch_size):
     video = np.stack([source[i]['video'] for i in range(start, min(start + batch_size,
                                                                    num_examples))])
-    x_hat, psnr, m, cm = reconstruct(params, video)
+    x_hat, psnr, frame_psnr, m, cm = reconstruct(params, video)
     psnrs.append(np.asarray(psnr))
+    frame_psnrs.append(np.asarray(frame_psnr))
     moments = moments + np.asarray(m, np.float64)
     channels = channels + np.asarray(cm, np.float64)
     if first is None:
@@ -69,6 +71,8 @@ def evaluate(reconstruct, params, source, num_examples: int,
   _, channel_variance = _mean_variance(*channels)
   metrics = {'eval_psnr': float(np.concatenate(psnrs).mean()),
              'eval_active_channels': int((channel_variance > ACTIVE_CHANNEL_VARIANCE).sum())}
+  for t, value in enumerate(np.concatenate(frame_psnrs).mean(axis=0)):
+    metrics[f'eval_psnr_frame{t}'] = float(value)
   for name, (count, total, squares) in zip(('first_frame', 'video'), moments):
     if count:
       mean, variance = _mean_variance(count, total, squares)
@@ -127,9 +131,12 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict[str, floa
       pairs = np.stack([video, (np.clip(x_hat, -1, 1) * 127.5 + 127.5).round().astype(np.uint8)],
                        axis=1).reshape((-1,) + video.shape[1:])
       grid = loop.write_samples(workdir, step, pairs[:8], config.train.fps)
-      logging.info('step %d: held-out PSNR %.2f dB, %d of %d latent channels active; '
-                   'reconstructions (input above output) in %s', step, metrics['eval_psnr'],
-                   metrics['eval_active_channels'], config.vae.latent_channels, grid)
+      per_frame = ' '.join(f'{metrics[f"eval_psnr_frame{t}"]:.1f}'
+                           for t in range(video.shape[1]))
+      logging.info('step %d: held-out PSNR %.2f dB (per frame %s), %d of %d latent channels '
+                   'active; reconstructions (input above output) in %s', step,
+                   metrics['eval_psnr'], per_frame, metrics['eval_active_channels'],
+                   config.vae.latent_channels, grid)
     return metrics
 
   return loop.run_loop(config, workdir, mesh, state, iterator, ckpt, train_step, on_sample)

@@ -150,9 +150,18 @@ def hinge_d_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
 
 def psnr(x: jax.Array, x_hat: jax.Array) -> jax.Array:
   """Per-sample PSNR in dB of videos in [-1, 1], measured on the [0, 1] scale after clipping."""
+  return _psnr_over(x, x_hat, tuple(range(1, x.ndim)))
+
+
+def frame_psnr(x: jax.Array, x_hat: jax.Array) -> jax.Array:
+  """PSNR in dB of every frame of every video [B, T, H, W, C] in [-1, 1]: [B, T]."""
+  return _psnr_over(x, x_hat, tuple(range(2, x.ndim)))
+
+
+def _psnr_over(x: jax.Array, x_hat: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   a = (x.astype(jnp.float32) + 1.0) / 2.0
   b = (jnp.clip(x_hat.astype(jnp.float32), -1.0, 1.0) + 1.0) / 2.0
-  mse = jnp.square(a - b).reshape(a.shape[0], -1).mean(axis=1)
+  mse = jnp.square(a - b).mean(axis=axes)
   return -10.0 * jnp.log10(jnp.maximum(mse, 1e-12))
 
 
@@ -257,8 +266,8 @@ def channel_moments(z: jax.Array) -> jax.Array:
 
 
 def make_reconstruct_fn(config: ml_collections.ConfigDict, vae_gd: nnx.GraphDef):
-  """reconstruct(params, video uint8) -> (x_hat, psnr [B], latent moments [2, 3], channel
-  moments [3, C]), jitted.
+  """reconstruct(params, video uint8) -> (x_hat, psnr [B], frame psnr [B, T], latent moments
+  [2, 3], channel moments [3, C]), jitted.
 
   Uses the posterior mean; x_hat is float in [-1, 1] (unclipped).
   """
@@ -270,6 +279,7 @@ def make_reconstruct_fn(config: ml_collections.ConfigDict, vae_gd: nnx.GraphDef)
       x = video_batch({'video': video})
       z = vae.encode(x).mode()
       x_hat = vae.decode(z)
-    return x_hat, psnr(x, x_hat), latent_moments(z), channel_moments(z)
+    return (x_hat, psnr(x, x_hat), frame_psnr(x, x_hat), latent_moments(z),
+            channel_moments(z))
 
   return reconstruct
