@@ -133,7 +133,7 @@ def vae_run(tmp_path_factory):
 def test_vae_loop_checkpoints_evaluates_and_resumes(vae_run, tmp_path):
   workdir, config, metrics = vae_run
   assert np.isfinite(metrics['eval_psnr']) and 'd_loss' not in metrics  # no GAN
-  assert 0 <= metrics['eval_active_channels'] <= config.vae.latent_channels
+  assert 0 <= metrics['eval_informative_channels'] <= config.vae.latent_channels
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
   assert os.path.exists(os.path.join(workdir, 'samples', 'step_0000004.png'))
   with open(os.path.join(workdir, vae_loop.STATS_FILE)) as f:
@@ -147,12 +147,15 @@ def test_vae_loop_checkpoints_evaluates_and_resumes(vae_run, tmp_path):
   assert np.isfinite(more['loss'])
 
 
-def test_evaluation_counts_active_latent_channels_and_averages_each_frames_psnr():
-  # Latents with known per-channel spread: channels 0 and 2 vary across clips
-  # (std 1 and 0.2), channel 1 is a constant offset, channel 3 barely moves.
+def test_evaluation_counts_informative_latent_channels_and_averages_each_frames_psnr():
+  # Latents with known per-channel spread over the clips (std 1, 0, 0.2, 0.03;
+  # channel 1 a constant offset) and posterior noise variance (0.5, 0, 0.09,
+  # 1e-4): channel 0 is informative (variance 1 > 0.5), channel 1 carries
+  # nothing, channel 2 is below its noise (0.04 < 0.09), channel 3 above (9e-4 > 1e-4).
   rng = np.random.default_rng(0)
   clips = [{'video': np.full((3, 4, 4, 1), i, np.uint8)} for i in range(10)]
   stds = np.array([1.0, 0.0, 0.2, 0.03])
+  noise = np.array([0.5, 0.0, 0.09, 1e-4])
   latents = rng.normal(size=(10, 2, 2, 2, 4)) * stds + np.array([0.0, 5.0, 0.0, 0.0])
 
   # Per-frame PSNRs with a known mean over the clips: frame t of clip i scores i + 10 t.
@@ -162,12 +165,14 @@ def test_evaluation_counts_active_latent_channels_and_averages_each_frames_psnr(
     clip = video[:, 0, 0, 0, 0]
     z = jnp.asarray(latents[clip], jnp.float32)
     x = jnp.asarray(video, jnp.float32) / 127.5 - 1
+    noise_variance = jnp.broadcast_to(jnp.asarray(noise, jnp.float32), z.shape)
     return (x, jnp.zeros(len(video)), jnp.asarray(frame_scores[clip]),
-            vae_step.latent_moments(z), vae_step.channel_moments(z))
+            vae_step.latent_moments(z), vae_step.channel_moments(z, noise_variance))
 
   metrics, _, _ = vae_loop.evaluate(reconstruct, None, clips, num_examples=10, batch_size=3)
   sample_variance = latents.reshape(-1, 4).var(axis=0)
-  assert metrics['eval_active_channels'] == (sample_variance > vae_loop.ACTIVE_CHANNEL_VARIANCE).sum() == 2
+  np.testing.assert_array_equal(sample_variance > noise, [True, False, False, True])
+  assert metrics['eval_informative_channels'] == 2
   np.testing.assert_allclose(metrics['video_mean'], latents[:, 1:].mean(), rtol=1e-5)
   np.testing.assert_allclose([metrics[f'eval_psnr_frame{t}'] for t in range(3)],
                              [4.5, 14.5, 24.5])

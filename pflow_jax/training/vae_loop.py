@@ -35,12 +35,6 @@ def _video_only(record: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 STATS_FILE = 'latent_stats.json'
-# A latent channel is active when its posterior mean varies over the data by
-# more than this variance (Burda et al. 2015, "active units"); a collapsed
-# channel (constant mean, posterior noise only) tells the decoder nothing.
-ACTIVE_CHANNEL_VARIANCE = 0.01
-
-
 def _mean_variance(count, total, squares):
   mean = total / count
   return mean, np.maximum(squares / count - np.square(mean), 0.0)
@@ -52,8 +46,10 @@ def evaluate(reconstruct, params, source, num_examples: int,
 
   Metrics: 'eval_psnr' (mean over clips), 'eval_psnr_frame<t>' (mean over clips
   of frame t's PSNR: a causal VAE's frames differ by their place in a latent
-  chunk), 'eval_active_channels' (latent channels whose posterior mean varies by
-  more than ACTIVE_CHANNEL_VARIANCE) and the latent statistics the DiT
+  chunk), 'eval_informative_channels' (latent channels whose posterior mean
+  varies over the data more than the posterior noise variance: signal-to-noise
+  above 1; a channel that KL collapsed to the prior is noise to the decoder,
+  however much its mean moves) and the latent statistics the DiT
   normalises with (mean and std of the first latent frame and of the others).
   """
   num_examples = min(num_examples, len(source))
@@ -68,9 +64,10 @@ def evaluate(reconstruct, params, source, num_examples: int,
     channels = channels + np.asarray(cm, np.float64)
     if first is None:
       first = (video, np.asarray(jax.device_get(x_hat)))
-  _, channel_variance = _mean_variance(*channels)
+  count, total, squares, noise = channels
+  _, signal_variance = _mean_variance(count, total, squares)
   metrics = {'eval_psnr': float(np.concatenate(psnrs).mean()),
-             'eval_active_channels': int((channel_variance > ACTIVE_CHANNEL_VARIANCE).sum())}
+             'eval_informative_channels': int((signal_variance > noise / count).sum())}
   for t, value in enumerate(np.concatenate(frame_psnrs).mean(axis=0)):
     metrics[f'eval_psnr_frame{t}'] = float(value)
   for name, (count, total, squares) in zip(('first_frame', 'video'), moments):
@@ -134,8 +131,8 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict[str, floa
       per_frame = ' '.join(f'{metrics[f"eval_psnr_frame{t}"]:.1f}'
                            for t in range(video.shape[1]))
       logging.info('step %d: held-out PSNR %.2f dB (per frame %s), %d of %d latent channels '
-                   'active; reconstructions (input above output) in %s', step,
-                   metrics['eval_psnr'], per_frame, metrics['eval_active_channels'],
+                   'informative; reconstructions (input above output) in %s', step,
+                   metrics['eval_psnr'], per_frame, metrics['eval_informative_channels'],
                    config.vae.latent_channels, grid)
     return metrics
 

@@ -260,14 +260,17 @@ def latent_moments(z: jax.Array) -> jax.Array:
   return jnp.stack([_moments(z[:, :1], every_axis), _moments(z[:, 1:], every_axis)])
 
 
-def channel_moments(z: jax.Array) -> jax.Array:
-  """float32 [3, C]: per latent channel (count, sum, sum of squares) over clips, frames and pixels."""
-  return _moments(z, tuple(range(z.ndim - 1)))
+def channel_moments(z: jax.Array, noise_variance: jax.Array) -> jax.Array:
+  """float32 [4, C]: per latent channel, over clips, frames and pixels, (count, sum, sum of
+  squares) of the posterior mean z and the sum of the posterior variance noise_variance."""
+  axes = tuple(range(z.ndim - 1))
+  noise = noise_variance.astype(jnp.float32).sum(axis=axes)
+  return jnp.concatenate([_moments(z, axes), noise[None]])
 
 
 def make_reconstruct_fn(config: ml_collections.ConfigDict, vae_gd: nnx.GraphDef):
   """reconstruct(params, video uint8) -> (x_hat, psnr [B], frame psnr [B, T], latent moments
-  [2, 3], channel moments [3, C]), jitted.
+  [2, 3], channel moments [4, C]), jitted.
 
   Uses the posterior mean; x_hat is float in [-1, 1] (unclipped).
   """
@@ -277,9 +280,10 @@ def make_reconstruct_fn(config: ml_collections.ConfigDict, vae_gd: nnx.GraphDef)
     vae = nnx.merge(vae_gd, params)
     with rules.use_rules(config.rules):
       x = video_batch({'video': video})
-      z = vae.encode(x).mode()
+      posterior = vae.encode(x)
+      z = posterior.mode()
       x_hat = vae.decode(z)
     return (x_hat, psnr(x, x_hat), frame_psnr(x, x_hat), latent_moments(z),
-            channel_moments(z))
+            channel_moments(z, jnp.exp(posterior.logvar)))
 
   return reconstruct
