@@ -35,6 +35,8 @@ def _video_only(record: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 STATS_FILE = 'latent_stats.json'
+
+
 def _mean_variance(count, total, squares):
   mean = total / count
   return mean, np.maximum(squares / count - np.square(mean), 0.0)
