@@ -147,7 +147,7 @@ def test_vae_loop_checkpoints_evaluates_and_resumes(vae_run, tmp_path):
   assert np.isfinite(more['loss'])
 
 
-def test_evaluation_counts_informative_latent_channels_and_averages_each_frames_psnr():
+def test_evaluation_counts_informative_channels_and_averages_psnr_per_clip_and_frame():
   # Latents with known per-channel spread over the clips (std 1, 0, 0.2, 0.03;
   # channel 1 a constant offset) and posterior noise variance (0.5, 0, 0.09,
   # 1e-4): channel 0 is informative (variance 1 > 0.5), channel 1 carries
@@ -158,15 +158,17 @@ def test_evaluation_counts_informative_latent_channels_and_averages_each_frames_
   noise = np.array([0.5, 0.0, 0.09, 1e-4])
   latents = rng.normal(size=(10, 2, 2, 2, 4)) * stds + np.array([0.0, 5.0, 0.0, 0.0])
 
-  # Per-frame PSNRs with a known mean over the clips: frame t of clip i scores i + 10 t.
+  # Per-frame PSNRs with a known mean over the clips: frame t of clip i scores i + 10 t;
+  # clip i scores 2 i: mean 9, sample std 2 * 3.0277 (of 0..9), standard error that / sqrt(10).
   frame_scores = np.arange(10)[:, None] + 10.0 * np.arange(3)
+  clip_scores = 2.0 * np.arange(10)
 
   def reconstruct(params, video):
     clip = video[:, 0, 0, 0, 0]
     z = jnp.asarray(latents[clip], jnp.float32)
     x = jnp.asarray(video, jnp.float32) / 127.5 - 1
     noise_variance = jnp.broadcast_to(jnp.asarray(noise, jnp.float32), z.shape)
-    return (x, jnp.zeros(len(video)), jnp.asarray(frame_scores[clip]),
+    return (x, jnp.asarray(clip_scores[clip]), jnp.asarray(frame_scores[clip]),
             vae_step.latent_moments(z), vae_step.channel_moments(z, noise_variance))
 
   metrics, _, _ = vae_loop.evaluate(reconstruct, None, clips, num_examples=10, batch_size=3)
@@ -176,6 +178,8 @@ def test_evaluation_counts_informative_latent_channels_and_averages_each_frames_
   np.testing.assert_allclose(metrics['video_mean'], latents[:, 1:].mean(), rtol=1e-5)
   np.testing.assert_allclose([metrics[f'eval_psnr_frame{t}'] for t in range(3)],
                              [4.5, 14.5, 24.5])
+  np.testing.assert_allclose(metrics['eval_psnr'], 9.0)
+  np.testing.assert_allclose(metrics['eval_psnr_stderr'], 2 * 3.0276504 / np.sqrt(10), rtol=1e-6)
 
 
 def test_loaded_codec_uses_the_measured_normalisation(vae_run):

@@ -46,7 +46,8 @@ def evaluate(reconstruct, params, source, num_examples: int,
              batch_size: int) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
   """Held-out metrics over the first num_examples of source, first inputs, their reconstructions.
 
-  Metrics: 'eval_psnr' (mean over clips), 'eval_psnr_frame<t>' (mean over clips
+  Metrics: 'eval_psnr' (mean over clips) and 'eval_psnr_stderr' (its standard
+  error), 'eval_psnr_frame<t>' (mean over clips
   of frame t's PSNR: a causal VAE's frames differ by their place in a latent
   chunk), 'eval_informative_channels' (latent channels whose posterior mean
   varies over the data more than the posterior noise variance: signal-to-noise
@@ -68,7 +69,11 @@ def evaluate(reconstruct, params, source, num_examples: int,
       first = (video, np.asarray(jax.device_get(x_hat)))
   count, total, squares, noise = channels
   _, signal_variance = _mean_variance(count, total, squares)
-  metrics = {'eval_psnr': float(np.concatenate(psnrs).mean()),
+  psnrs = np.concatenate(psnrs)
+  metrics = {'eval_psnr': float(psnrs.mean()),
+             # Clips differ by several dB, so the mean's sampling error matters.
+             'eval_psnr_stderr': float(psnrs.std(ddof=1) / np.sqrt(len(psnrs))
+                                       if len(psnrs) > 1 else np.nan),
              'eval_informative_channels': int((signal_variance > noise / count).sum())}
   for t, value in enumerate(np.concatenate(frame_psnrs).mean(axis=0)):
     metrics[f'eval_psnr_frame{t}'] = float(value)
@@ -132,9 +137,10 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict[str, floa
       grid = loop.write_samples(workdir, step, pairs[:8], config.train.fps)
       per_frame = ' '.join(f'{metrics[f"eval_psnr_frame{t}"]:.1f}'
                            for t in range(video.shape[1]))
-      logging.info('step %d: held-out PSNR %.2f dB (per frame %s), %d of %d latent channels '
-                   'informative; reconstructions (input above output) in %s', step,
-                   metrics['eval_psnr'], per_frame, metrics['eval_informative_channels'],
+      logging.info('step %d: held-out PSNR %.2f +- %.2f dB over %d clips (per frame %s), %d of '
+                   '%d latent channels informative; reconstructions (input above output) in %s',
+                   step, metrics['eval_psnr'], metrics['eval_psnr_stderr'],
+                   min(config.train.eval_examples, len(test_source)), per_frame, metrics['eval_informative_channels'],
                    config.vae.latent_channels, grid)
     return metrics
 
