@@ -47,13 +47,13 @@ def evaluate(reconstruct, params, source, num_examples: int,
   """Held-out metrics over the first num_examples of source, first inputs, their reconstructions.
 
   Metrics: 'eval_psnr' (mean over clips) and 'eval_psnr_stderr' (its standard
-  error), 'eval_psnr_frame<t>' (mean over clips
-  of frame t's PSNR: a causal VAE's frames differ by their place in a latent
-  chunk), 'eval_informative_channels' (latent channels whose posterior mean
-  varies over the data more than the posterior noise variance: signal-to-noise
-  above 1; a channel that KL collapsed to the prior is noise to the decoder,
-  however much its mean moves) and the latent statistics the DiT
-  normalises with (mean and std of the first latent frame and of the others).
+  error), 'eval_psnr_frame<t>' (mean over clips of frame t's PSNR: a causal
+  VAE's frames differ by their place in a latent chunk),
+  'eval_informative_channels' (latent channels whose posterior mean varies over
+  the data more than the posterior noise variance: signal-to-noise above 1; a
+  channel that KL collapsed to the prior is noise to the decoder, however much
+  its mean moves) and the latent statistics the DiT normalises with (mean and
+  std of the first latent frame and of the others).
   """
   num_examples = min(num_examples, len(source))
   psnrs, frame_psnrs, moments, channels, first = [], [], 0.0, 0.0, None
@@ -140,8 +140,8 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict[str, floa
       logging.info('step %d: held-out PSNR %.2f +- %.2f dB over %d clips (per frame %s), %d of '
                    '%d latent channels informative; reconstructions (input above output) in %s',
                    step, metrics['eval_psnr'], metrics['eval_psnr_stderr'],
-                   min(config.train.eval_examples, len(test_source)), per_frame, metrics['eval_informative_channels'],
-                   config.vae.latent_channels, grid)
+                   min(config.train.eval_examples, len(test_source)), per_frame,
+                   metrics['eval_informative_channels'], config.vae.latent_channels, grid)
     return metrics
 
   return loop.run_loop(config, workdir, mesh, state, iterator, ckpt, train_step, on_sample)
