@@ -19,8 +19,8 @@ Measured on the 2-core CPU with XLA_FLAGS=--xla_force_host_platform_device_count
 (data parallel over 4 host devices, 2.0 steps/s on the shared machine): 7500
 steps in 62 min, held-out PSNR 27.5 dB on 128 clips, 27.66 +- 0.15 on all 512
 (per frame 30.9 / 26.1 / 29.5 / 25.5 / 28.9: the first of each 2-frame chunk is
-the weak one). Channels 16/32/64 cost half as much
-per step but plateau lower: 26.8 dB from 9000 to 12000 steps (55 min).
+the weak one). Channels 16/32/64 cost half as much per step but plateau lower:
+26.8 dB from 9000 to 12000 steps (55 min).
 
 Variants (`--config=configs/vae_moving_digits.py:<arg>`):
   ''   (default) the README's VAE run.

@@ -182,6 +182,17 @@ def test_evaluation_counts_informative_channels_and_averages_psnr_per_clip_and_f
   np.testing.assert_allclose(metrics['eval_psnr_stderr'], 2 * 3.0276504 / np.sqrt(10), rtol=1e-6)
 
 
+def test_evaluating_a_checkpoint_matches_the_trainers_own_evaluation(vae_run):
+  # The trainer scored its step-4 EMA weights on the 8-device mesh; the restored
+  # checkpoint, scored on one device, must give the same numbers.
+  workdir, config, metrics = vae_run
+  again = vae_loop.evaluate_workdir(workdir, config.train.eval_examples, step=4)
+  assert again['step'] == 4 and again['eval_clips'] == config.train.eval_examples
+  for key in ('eval_psnr', 'eval_psnr_stderr', 'eval_psnr_frame0', 'eval_psnr_frame4'):
+    np.testing.assert_allclose(again[key], metrics[key], rtol=1e-4, err_msg=key)
+  assert again['eval_informative_channels'] == metrics['eval_informative_channels']
+
+
 def test_loaded_codec_uses_the_measured_normalisation(vae_run):
   workdir, _, _ = vae_run
   vae_config, _, _, step = vae_loop.load_vae(workdir)

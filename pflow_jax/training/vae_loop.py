@@ -46,8 +46,8 @@ def evaluate(reconstruct, params, source, num_examples: int,
              batch_size: int) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
   """Held-out metrics over the first num_examples of source, first inputs, their reconstructions.
 
-  Metrics: 'eval_psnr' (mean over clips) and 'eval_psnr_stderr' (its standard
-  error), 'eval_psnr_frame<t>' (mean over clips of frame t's PSNR: a causal
+  Metrics: 'eval_psnr' (mean over clips), 'eval_psnr_stderr' (its standard
+  error), 'eval_clips' (how many), 'eval_psnr_frame<t>' (mean over clips of frame t's PSNR: a causal
   VAE's frames differ by their place in a latent chunk),
   'eval_informative_channels' (latent channels whose posterior mean varies over
   the data more than the posterior noise variance: signal-to-noise above 1; a
@@ -74,6 +74,7 @@ def evaluate(reconstruct, params, source, num_examples: int,
              # Clips differ by several dB, so the mean's sampling error matters.
              'eval_psnr_stderr': float(psnrs.std(ddof=1) / np.sqrt(len(psnrs))
                                        if len(psnrs) > 1 else np.nan),
+             'eval_clips': len(psnrs),
              'eval_informative_channels': int((signal_variance > noise / count).sum())}
   for t, value in enumerate(np.concatenate(frame_psnrs).mean(axis=0)):
     metrics[f'eval_psnr_frame{t}'] = float(value)
@@ -140,11 +141,23 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict[str, floa
       logging.info('step %d: held-out PSNR %.2f +- %.2f dB over %d clips (per frame %s), %d of '
                    '%d latent channels informative; reconstructions (input above output) in %s',
                    step, metrics['eval_psnr'], metrics['eval_psnr_stderr'],
-                   min(config.train.eval_examples, len(test_source)), per_frame,
+                   metrics['eval_clips'], per_frame,
                    metrics['eval_informative_channels'], config.vae.latent_channels, grid)
     return metrics
 
   return loop.run_loop(config, workdir, mesh, state, iterator, ckpt, train_step, on_sample)
+
+
+def evaluate_workdir(workdir: str, num_examples: int,
+                     step: int | None = None) -> dict[str, float]:
+  """`evaluate`'s metrics (and 'step') of a workdir's latest (or given) checkpoint, EMA
+  weights, on the first num_examples clips of its config's test split."""
+  config = loop.load_workdir_config(workdir)
+  _, vae_gd, params, step = load_vae(workdir, step)
+  metrics, _, _ = evaluate(vae_step.make_reconstruct_fn(config, vae_gd), params,
+                           datasets.source(config, 'test'), num_examples,
+                           config.data.global_batch_size)
+  return {'step': step, **metrics}
 
 
 def load_vae(workdir: str, step: int | None = None):
