@@ -29,11 +29,8 @@ flags.mark_flag_as_required('workdir')
 def main(argv):
   del argv
   if _EVALUATE.value > 0:
-    m = vae_loop.evaluate_workdir(_WORKDIR.value, _EVALUATE.value)
-    frames = ' / '.join(f'{m[k]:.2f}' for k in sorted(m) if k.startswith('eval_psnr_frame'))
-    print(f'step {m["step"]}: held-out PSNR {m["eval_psnr"]:.2f} +- {m["eval_psnr_stderr"]:.2f} '
-          f'dB over {m["eval_clips"]} clips (per frame {frames}), '
-          f'{m["eval_informative_channels"]} informative latent channels')
+    metrics = vae_loop.evaluate_workdir(_WORKDIR.value, _EVALUATE.value)
+    print(f'step {metrics["step"]}: {vae_loop.eval_summary(metrics)}')
     return
   if _CONFIG.value is None:
     raise ValueError('--config is required to train (only --evaluate=N runs without it)')

@@ -136,16 +136,21 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict[str, floa
       pairs = np.stack([video, (np.clip(x_hat, -1, 1) * 127.5 + 127.5).round().astype(np.uint8)],
                        axis=1).reshape((-1,) + video.shape[1:])
       grid = loop.write_samples(workdir, step, pairs[:8], config.train.fps)
-      per_frame = ' '.join(f'{metrics[f"eval_psnr_frame{t}"]:.1f}'
-                           for t in range(video.shape[1]))
-      logging.info('step %d: held-out PSNR %.2f +- %.2f dB over %d clips (per frame %s), %d of '
-                   '%d latent channels informative; reconstructions (input above output) in %s',
-                   step, metrics['eval_psnr'], metrics['eval_psnr_stderr'],
-                   metrics['eval_clips'], per_frame,
-                   metrics['eval_informative_channels'], config.vae.latent_channels, grid)
+      logging.info('step %d: %s of %d; reconstructions (input above output) in %s', step,
+                   eval_summary(metrics), config.vae.latent_channels, grid)
     return metrics
 
   return loop.run_loop(config, workdir, mesh, state, iterator, ckpt, train_step, on_sample)
+
+
+def eval_summary(metrics: dict[str, float]) -> str:
+  """One line of `evaluate`'s metrics: PSNR with its standard error, per frame, channels."""
+  frames = sorted((int(k.removeprefix('eval_psnr_frame')), v) for k, v in metrics.items()
+                  if k.startswith('eval_psnr_frame'))
+  per_frame = ' / '.join(f'{v:.2f}' for _, v in frames)
+  return (f"held-out PSNR {metrics['eval_psnr']:.2f} +- {metrics['eval_psnr_stderr']:.2f} dB "
+          f"over {metrics['eval_clips']} clips (per frame {per_frame}), "
+          f"{metrics['eval_informative_channels']} informative latent channels")
 
 
 def evaluate_workdir(workdir: str, num_examples: int,
