@@ -243,7 +243,10 @@ def vae_base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       num_steps=3600, log_every=20, checkpoint_every=300, keep_checkpoints=3,
       sample_every=600, eval_examples=128, fps=4,
-      crop_size=16))               # train on random crops (0: whole frames); eval on whole frames
+      crop_size=16,                # train on random crops (0: whole frames); eval on whole frames
+      # The last N steps train on whole frames: crops are cheap but their borders
+      # and norm statistics differ from whole frames; a short finish removes that.
+      whole_frame_steps=0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, sequence=1, tensor=1))
   c.rules = VAE_RULES
   c.dtype = 'float32'
@@ -276,6 +279,9 @@ def validate_vae(config: ml_collections.ConfigDict) -> None:
   if crop and (crop > min(h, w) or crop % spatial):
     raise ValueError(f'train.crop_size {crop} must be 0 or a multiple of the spatial factor '
                      f'{spatial} no larger than the frames {h}x{w}')
+  if not 0 <= config.train.whole_frame_steps <= config.train.num_steps:
+    raise ValueError(f'train.whole_frame_steps must be in [0, train.num_steps = '
+                     f'{config.train.num_steps}], got {config.train.whole_frame_steps}')
 
 
 def image_hw(data: ml_collections.ConfigDict) -> tuple[int, int]:

@@ -117,15 +117,47 @@ def test_training_steps_reduce_the_reconstruction_error():
   assert losses[-1] < 0.7 * losses[0], losses
 
 
+def test_the_last_whole_frame_steps_train_on_whole_frames_after_the_gan_starts():
+  config = vae_moving_digits.get_config('tiny')
+  config.train.update(num_steps=6, whole_frame_steps=2)
+  config.loss.disc_start = 3
+  assert [vae_loop.step_variant(config, s) for s in range(6)] == [
+      (False, False), (False, False), (False, False), (True, False), (True, True), (True, True)]
+  config.train.whole_frame_steps = 7
+  with pytest.raises(ValueError, match='whole_frame_steps'):
+    config_lib.validate_vae(config)
+
+
+@pytest.mark.slow
+def test_a_whole_frame_step_equals_the_step_of_an_uncropped_config():
+  config = vae_moving_digits.get_config('tiny')
+  assert config.train.crop_size < config.data.image_size
+  uncropped = config.copy_and_resolve_references()
+  uncropped.train.crop_size = 0
+  mesh = _single_mesh()
+  state, step = _tiny_state(config, mesh)
+  _, uncropped_step = _tiny_state(uncropped, mesh)
+  batch = _video(config, 0)
+  with jax.set_mesh(mesh):
+    whole = jax.jit(lambda s, b: step(s, b, whole_frames=True))(state, batch)[1]
+    reference = jax.jit(uncropped_step)(state, batch)[1]
+    cropped = jax.jit(step)(state, batch)[1]
+  np.testing.assert_allclose(whole['loss'], reference['loss'], rtol=1e-6)
+  np.testing.assert_allclose(whole['grad_norm'], reference['grad_norm'], rtol=1e-5)
+  assert abs(float(cropped['loss']) - float(whole['loss'])) > 1e-4
+
+
 @pytest.fixture(scope='module')
 def vae_run(tmp_path_factory):
-  """A tiny VAE trained for 4 steps on tiny moving digits, batch sharded over the 8 test
-  devices (without the GAN, whose step compiles slowly: see the adversarial test)."""
+  """A tiny VAE trained for 4 steps on tiny moving digits, the last on whole frames, batch
+  sharded over the 8 test devices (without the GAN, whose step compiles slowly: see the
+  adversarial test)."""
   workdir = str(tmp_path_factory.mktemp('vae'))
   config = vae_moving_digits.get_config('tiny')
   config.data.data_dir = str(tmp_path_factory.mktemp('data'))
   config.data.global_batch_size = 8
   config.loss.disc_start = -1
+  config.train.whole_frame_steps = 1
   metrics = vae_loop.train_vae(config, workdir)
   return workdir, config, metrics
 
@@ -283,9 +315,9 @@ def test_learning_rate_decays_over_the_run_and_overrides_stay_independent():
   """decay_steps -1 is the cosine over train.num_steps: after warm-up the unit-gradient
   update (b1 = b2 = 0) is lr (1 + cos(pi s / S)) / 2; setting one field leaves the other."""
   config = vae_moving_digits.get_config('')
-  config.optim.update(b1=0.0, b2=0.0, eps=1e-12, weight_decay=0.0, warmup_steps=1)
+  config.optim.update(b1=0.0, b2=0.0, eps=1e-12, weight_decay=0.0, warmup_steps=1,
+                      decay_steps=-1)
   config.train.num_steps = 40
-  assert config.optim.decay_steps == -1
   tx, _ = vae_step.make_optimizers(config)
   params = jnp.zeros(())
   opt_state = tx.init(params)

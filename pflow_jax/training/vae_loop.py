@@ -97,6 +97,13 @@ def write_latent_stats(workdir: str, step: int, metrics: Mapping[str, float]) ->
     json.dump(stats, f, indent=2)
 
 
+def step_variant(config: ml_collections.ConfigDict, step: int) -> tuple[bool, bool]:
+  """(adversarial, whole_frames) of the step after `step` completed ones: the PatchGAN
+  from loss.disc_start on (never if < 0), whole frames for the last train.whole_frame_steps."""
+  adversarial = 0 <= config.loss.disc_start <= step
+  return adversarial, step >= config.train.num_steps - config.train.whole_frame_steps
+
+
 def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the VAE in `workdir`; returns the last logged metrics."""
   config_lib.validate_vae(config)
@@ -117,14 +124,13 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict[str, floa
   step_fn = vae_step.make_train_step(config, vae_gd, disc_gd, tx, disc_tx)
   batch_sh = {'video': step_lib.batch_sharding(mesh, config, 5)}
   replicated = NamedSharding(mesh, P())
-  jitted = {adv: jax.jit(functools.partial(step_fn, adversarial=adv),
-                         in_shardings=(shardings, batch_sh),
-                         out_shardings=(shardings, replicated), donate_argnums=(0,))
-            for adv in (False, True)}  # compiled on first use only
-  disc_start = config.loss.disc_start
+  jitted = {(adv, whole): jax.jit(functools.partial(step_fn, adversarial=adv, whole_frames=whole),
+                                 in_shardings=(shardings, batch_sh),
+                                 out_shardings=(shardings, replicated), donate_argnums=(0,))
+            for adv in (False, True) for whole in (False, True)}  # compiled on first use only
 
   def train_step(state, batch, step):
-    return jitted[0 <= disc_start <= step](state, batch)
+    return jitted[step_variant(config, step)](state, batch)
 
   reconstruct = vae_step.make_reconstruct_fn(config, vae_gd)
 

@@ -181,7 +181,11 @@ def _with_kernel(conv_state, kernel):
 def make_train_step(config: ml_collections.ConfigDict, vae_gd: nnx.GraphDef,
                     disc_gd: nnx.GraphDef, tx: optax.GradientTransformation,
                     disc_tx: optax.GradientTransformation):
-  """train_step(state, batch, adversarial: static bool) -> (state, metrics), not jitted."""
+  """train_step(state, batch, adversarial, whole_frames) -> (state, metrics), not jitted.
+
+  `adversarial` and `whole_frames` are static: add the PatchGAN term, and train on
+  the whole frames instead of train.crop_size crops.
+  """
   loss_cfg = config.loss
   base_key = jax.random.key(config.seed)
   ema_decay = config.optim.ema_decay
@@ -215,12 +219,12 @@ def make_train_step(config: ml_collections.ConfigDict, vae_gd: nnx.GraphDef,
     metrics['psnr'] = psnr(x, x_hat).mean()
     return loss, (metrics, jax.lax.stop_gradient(x_hat))
 
-  def train_step(state: VAETrainState, batch: Batch,
-                 adversarial: bool = False) -> tuple[VAETrainState, dict[str, jax.Array]]:
+  def train_step(state: VAETrainState, batch: Batch, adversarial: bool = False,
+                 whole_frames: bool = False) -> tuple[VAETrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(base_key, state.step)
     crop_rng, rng = jax.random.split(rng)
     with rules.use_rules(config.rules):
-      x = random_crops(video_batch(batch), crop_rng, config.train.crop_size)
+      x = random_crops(video_batch(batch), crop_rng, 0 if whole_frames else config.train.crop_size)
       x = rules.constrain(x, ('batch', 'frames', 'height', 'width', 'channels'))
       (loss, (metrics, x_hat)), grads = jax.value_and_grad(generator_loss, has_aux=True)(
           state.params, state.disc_params, x, rng, adversarial)
