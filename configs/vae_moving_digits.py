@@ -17,9 +17,9 @@ temporal_up). The official recipe
 with `loss.recon='l2'`; LPIPS needs VGG weights that cannot be downloaded here.
 
 Measured on the 2-core CPU with XLA_FLAGS=--xla_force_host_platform_device_count=4
-(data parallel over 4 host devices): 4750 steps in 51 min 42 s, held-out PSNR 27.35 dB (128 clips)
-after the crops and 28.55 after the whole-frame steps, 28.73 +- 0.16 on all 512
-clips. The README has what the whole-frame finish, the cut cosine and dropping
+(data parallel over 4 host devices): 4750 steps in 51 min 42 s, held-out PSNR
+27.35 dB (128 clips) after the crops and 28.55 after the whole-frame steps,
+28.73 +- 0.16 on all 512 clips. The README has what the whole-frame finish, the cut cosine and dropping
 the KL term (official weight 1e-6) are each worth, and what did not help.
 
 Variants (`--config=configs/vae_moving_digits.py:<arg>`):
@@ -46,7 +46,7 @@ def get_config(arg: str = ''):
     c.train.update(num_steps=4750, whole_frame_steps=250, sample_every=900,
                    checkpoint_every=900)
     # The cosine is set for 6300 steps and cut at 4750: late crop steps need the
-    # higher rate (a cosine over 4750 ends the crops 0.8 dB lower).
+    # higher rate (a cosine over a 4800-step run ended its crops 0.8 dB lower).
     c.optim.decay_steps = 6300
   else:
     raise ValueError(f'unknown variant {arg!r} of configs/vae_moving_digits.py; use "" or "tiny"')

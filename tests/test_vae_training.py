@@ -123,6 +123,8 @@ def test_the_last_whole_frame_steps_train_on_whole_frames_after_the_gan_starts()
   config.loss.disc_start = 3
   assert [vae_loop.step_variant(config, s) for s in range(6)] == [
       (False, False), (False, False), (False, False), (True, False), (True, True), (True, True)]
+  config.train.crop_size = 0  # every step is on whole frames: one compiled variant
+  assert [vae_loop.step_variant(config, s)[1] for s in range(6)] == [False] * 6
   config.train.whole_frame_steps = 7
   with pytest.raises(ValueError, match='whole_frame_steps'):
     config_lib.validate_vae(config)
@@ -315,8 +317,9 @@ def test_learning_rate_decays_over_the_run_and_overrides_stay_independent():
   """decay_steps -1 is the cosine over train.num_steps: after warm-up the unit-gradient
   update (b1 = b2 = 0) is lr (1 + cos(pi s / S)) / 2; setting one field leaves the other."""
   config = vae_moving_digits.get_config('')
+  assert config_lib.vae_base_config().optim.decay_steps == -1
   config.optim.update(b1=0.0, b2=0.0, eps=1e-12, weight_decay=0.0, warmup_steps=1,
-                      decay_steps=-1)
+                      decay_steps=-1)  # the digits VAE sets its own
   config.train.num_steps = 40
   tx, _ = vae_step.make_optimizers(config)
   params = jnp.zeros(())

@@ -99,9 +99,11 @@ def write_latent_stats(workdir: str, step: int, metrics: Mapping[str, float]) ->
 
 def step_variant(config: ml_collections.ConfigDict, step: int) -> tuple[bool, bool]:
   """(adversarial, whole_frames) of the step after `step` completed ones: the PatchGAN
-  from loss.disc_start on (never if < 0), whole frames for the last train.whole_frame_steps."""
+  from loss.disc_start on (never if < 0), whole frames for the last train.whole_frame_steps
+  (with train.crop_size 0 every step already is one, so no second step is compiled)."""
   adversarial = 0 <= config.loss.disc_start <= step
-  return adversarial, step >= config.train.num_steps - config.train.whole_frame_steps
+  whole = config.train.num_steps - step <= config.train.whole_frame_steps
+  return adversarial, whole and config.train.crop_size > 0
 
 
 def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
