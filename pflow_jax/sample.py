@@ -25,11 +25,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pflow_jax import cli, config as config_lib, inference
+from pflow_jax import cli, config as config_lib, inference, restore
 from pflow_jax.data import video_folder, video_io
 from pflow_jax.models import latent_codec
-from pflow_jax.parallel import mesh as mesh_lib
-from pflow_jax.training import checkpoint, loop, state as state_lib
+from pflow_jax.training import checkpoint
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/).')
 _PROMPT = flags.DEFINE_string('prompt', None, 'Text prompt.')
@@ -54,22 +53,6 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 _FPS = flags.DEFINE_integer('fps', None, 'Frames per second of the output (default: config).')
 flags.mark_flags_as_required(['workdir', 'prompt'])
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  config = loop.load_workdir_config(workdir)
-  config_lib.validate(config)
-  return config
-
-
-def load_params(config: ml_collections.ConfigDict, workdir: str, step: int | None):
-  """(graphdef, EMA parameters, step) on one device."""
-  mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
-  tx = state_lib.make_optimizer(config.optim)
-  graphdef, abstract, shardings = state_lib.state_shardings(config, mesh, tx)
-  params, step = checkpoint.restore_ema_params(workdir, abstract.ema_params,
-                                               shardings.ema_params, step)
-  return graphdef, params, step
 
 
 def conditioning_frames(config: ml_collections.ConfigDict, image: str | None,
@@ -109,7 +92,7 @@ def run(workdir: str, prompt: str, num_samples: int, out: str, *, seed: int = 0,
     raise ValueError(f'--out must end in .mp4 or .gif, got {out!r}')
   if num_samples < 1:
     raise ValueError(f'--num_samples must be >= 1, got {num_samples}')
-  config = load_config(workdir)
+  config = restore.load_config(workdir)
   with config.unlocked():
     config.sample.update({k: v for k, v in (overrides or {}).items() if v is not None})
   config_lib.validate(config)
@@ -122,7 +105,7 @@ def run(workdir: str, prompt: str, num_samples: int, out: str, *, seed: int = 0,
   if (pixel_frames - 1) % tf:
     raise ValueError(f'--num_frames {pixel_frames} must be 1 + a multiple of the latent '
                      f'temporal factor {tf}')
-  graphdef, params, step = load_params(config, workdir, step)
+  graphdef, params, step = restore.load_params(config, workdir, step)
   logging.info('sampling from step %d of %s', step, workdir)
   codec = latent_codec.make_codec(config.latent)
   tokens = inference.tokenize_prompts(config, [prompt] * num_samples)

@@ -50,7 +50,7 @@ from pflow_jax.data import pipeline, video_io
 
 DIRECTIONS = ('left', 'right', 'up', 'down')
 # Unit velocity (dy, dx) per direction; y grows downwards.
-_UNIT_VELOCITY = np.array([(0, -1), (0, 1), (-1, 0), (1, 0)], np.float64)
+UNIT_VELOCITY = np.array([(0, -1), (0, 1), (-1, 0), (1, 0)], np.float64)
 SPLITS = ('train', 'test')
 DIGIT_SIZE = 28
 NUM_SOURCE_DIGITS = 5000
@@ -197,8 +197,8 @@ def generate_example(index: int, cfg: MovingDigitsConfig, split: str) -> dict[st
     # the first step visibly goes the captioned way (no bounce before frame 1).
     axis = 1 if DIRECTIONS[direction] in ('left', 'right') else 0
     gap = rng.uniform(speed, limit)
-    start[axis] = limit - gap if _UNIT_VELOCITY[direction, axis] > 0 else gap
-    path = _bounce(start + t * speed * _UNIT_VELOCITY[direction], limit)
+    start[axis] = limit - gap if UNIT_VELOCITY[direction, axis] > 0 else gap
+    path = _bounce(start + t * speed * UNIT_VELOCITY[direction], limit)
     corners = np.rint(path).astype(np.int64)  # (y, x) top-left per frame
     for frame, (y, x) in zip(video, corners):
       window = frame[y:y + size, x:x + size]

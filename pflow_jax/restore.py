@@ -1,0 +1,27 @@
+"""A trained workdir for sampling and evaluation: its saved config and its EMA weights."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from pflow_jax import config as config_lib
+from pflow_jax.parallel import mesh as mesh_lib
+from pflow_jax.training import checkpoint, loop, state as state_lib
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The validated config a training run saved in its workdir."""
+  config = loop.load_workdir_config(workdir)
+  config_lib.validate(config)
+  return config
+
+
+def load_params(config: ml_collections.ConfigDict, workdir: str, step: int | None):
+  """(graphdef, EMA parameters, step) on one device."""
+  mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
+  tx = state_lib.make_optimizer(config.optim)
+  graphdef, abstract, shardings = state_lib.state_shardings(config, mesh, tx)
+  params, step = checkpoint.restore_ema_params(workdir, abstract.ema_params,
+                                               shardings.ema_params, step)
+  return graphdef, params, step
