@@ -181,6 +181,36 @@ def test_vae_loop_checkpoints_evaluates_and_resumes(vae_run, tmp_path):
   assert np.isfinite(more['loss'])
 
 
+def _ssim_by_definition(a, b, size=11, sigma=1.5, k1=0.01, k2=0.03):
+  # Wang et al. 2004: local Gaussian-weighted statistics at every valid window position.
+  g = np.exp(-0.5 * ((np.arange(size) - (size - 1) / 2) / sigma) ** 2)
+  w = np.outer(g, g) / np.outer(g, g).sum()
+  c1, c2 = k1 ** 2, k2 ** 2
+  values = []
+  for i in range(a.shape[0] - size + 1):
+    for j in range(a.shape[1] - size + 1):
+      pa, pb = a[i:i + size, j:j + size], b[i:i + size, j:j + size]
+      ma, mb = (w * pa).sum(), (w * pb).sum()
+      va, vb = (w * pa * pa).sum() - ma ** 2, (w * pb * pb).sum() - mb ** 2
+      cov = (w * pa * pb).sum() - ma * mb
+      values.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
+  return np.mean(values)
+
+
+def test_frame_ssim_follows_its_definition_per_frame():
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1, 1, (1, 2, 16, 16, 1)).astype(np.float32)
+  y = np.clip(x + rng.normal(0, 0.3, x.shape), -1.2, 1.2).astype(np.float32)
+  got = np.asarray(vae_step.frame_ssim(jnp.asarray(x), jnp.asarray(y)))
+  # On the [0, 1] scale, the reconstruction clipped first (as PSNR).
+  want = [_ssim_by_definition((x[0, t, ..., 0] + 1) / 2, (np.clip(y[0, t, ..., 0], -1, 1) + 1) / 2)
+          for t in range(2)]
+  np.testing.assert_allclose(got, [want], rtol=1e-4)
+  np.testing.assert_allclose(vae_step.frame_ssim(jnp.asarray(x), jnp.asarray(x)), [[1, 1]],
+                             rtol=1e-5)
+  assert 0.5 < want[0] < 0.99  # a real difference, not the identity
+
+
 def test_evaluation_counts_informative_channels_and_averages_psnr_per_clip_and_frame():
   # Latents with known per-channel spread over the clips (std 1, 0, 0.2, 0.03;
   # channel 1 a constant offset) and posterior noise variance (0.5, 0, 0.09,
@@ -203,6 +233,7 @@ def test_evaluation_counts_informative_channels_and_averages_psnr_per_clip_and_f
     x = jnp.asarray(video, jnp.float32) / 127.5 - 1
     noise_variance = jnp.broadcast_to(jnp.asarray(noise, jnp.float32), z.shape)
     return (x, jnp.asarray(clip_scores[clip]), jnp.asarray(frame_scores[clip]),
+            jnp.asarray(frame_scores[clip]) / 100.0,
             vae_step.latent_moments(z), vae_step.channel_moments(z, noise_variance))
 
   metrics, _, _ = vae_loop.evaluate(reconstruct, None, clips, num_examples=10, batch_size=3)
@@ -213,6 +244,7 @@ def test_evaluation_counts_informative_channels_and_averages_psnr_per_clip_and_f
   np.testing.assert_allclose([metrics[f'eval_psnr_frame{t}'] for t in range(3)],
                              [4.5, 14.5, 24.5])
   np.testing.assert_allclose(metrics['eval_psnr'], 9.0)
+  np.testing.assert_allclose(metrics['eval_ssim'], 0.145, rtol=1e-6)  # mean of the frames'
   np.testing.assert_allclose(metrics['eval_psnr_stderr'], 2 * 3.0276504 / np.sqrt(10), rtol=1e-6)
 
 

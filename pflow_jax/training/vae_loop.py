@@ -48,7 +48,8 @@ def evaluate(reconstruct, params, source, num_examples: int,
 
   Metrics: 'eval_psnr' (mean over clips), 'eval_psnr_stderr' (its standard
   error), 'eval_clips' (how many), 'eval_psnr_frame<t>' (mean over clips of frame t's PSNR: a causal
-  VAE's frames differ by their place in a latent chunk),
+  VAE's frames differ by their place in a latent chunk), 'eval_ssim' (mean SSIM over
+  clips and frames),
   'eval_informative_channels' (latent channels whose posterior mean varies over
   the data more than the posterior noise variance: signal-to-noise above 1; a
   channel that KL collapsed to the prior is noise to the decoder, however much
@@ -56,13 +57,14 @@ def evaluate(reconstruct, params, source, num_examples: int,
   std of the first latent frame and of the others).
   """
   num_examples = min(num_examples, len(source))
-  psnrs, frame_psnrs, moments, channels, first = [], [], 0.0, 0.0, None
+  psnrs, frame_psnrs, ssims, moments, channels, first = [], [], [], 0.0, 0.0, None
   for start in range(0, num_examples, batch_size):
     video = np.stack([source[i]['video'] for i in range(start, min(start + batch_size,
                                                                    num_examples))])
-    x_hat, psnr, frame_psnr, m, cm = reconstruct(params, video)
+    x_hat, psnr, frame_psnr, frame_ssim, m, cm = reconstruct(params, video)
     psnrs.append(np.asarray(psnr))
     frame_psnrs.append(np.asarray(frame_psnr))
+    ssims.append(np.asarray(frame_ssim))
     moments = moments + np.asarray(m, np.float64)
     channels = channels + np.asarray(cm, np.float64)
     if first is None:
@@ -75,6 +77,7 @@ def evaluate(reconstruct, params, source, num_examples: int,
              'eval_psnr_stderr': float(psnrs.std(ddof=1) / np.sqrt(len(psnrs))
                                        if len(psnrs) > 1 else np.nan),
              'eval_clips': len(psnrs),
+             'eval_ssim': float(np.concatenate(ssims).mean()),
              'eval_informative_channels': int((signal_variance > noise / count).sum())}
   for t, value in enumerate(np.concatenate(frame_psnrs).mean(axis=0)):
     metrics[f'eval_psnr_frame{t}'] = float(value)

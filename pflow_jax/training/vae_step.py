@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import dm_pix
 import flax
 import jax
 import jax.numpy as jnp
@@ -158,6 +159,19 @@ def frame_psnr(x: jax.Array, x_hat: jax.Array) -> jax.Array:
   return _psnr_over(x, x_hat, tuple(range(2, x.ndim)))
 
 
+def frame_ssim(x: jax.Array, x_hat: jax.Array) -> jax.Array:
+  """SSIM of every frame of every video [B, T, H, W, C] in [-1, 1]: [B, T].
+
+  On the [0, 1] scale after clipping, as PSNR; dm-pix's standard SSIM (11x11
+  Gaussian window of sigma 1.5, K1 0.01, K2 0.03, valid positions, channels
+  averaged).
+  """
+  a = (x.astype(jnp.float32) + 1.0) / 2.0
+  b = (jnp.clip(x_hat.astype(jnp.float32), -1.0, 1.0) + 1.0) / 2.0
+  frames = (-1,) + x.shape[2:]
+  return dm_pix.ssim(a.reshape(frames), b.reshape(frames), max_val=1.0).reshape(x.shape[:2])
+
+
 def _psnr_over(x: jax.Array, x_hat: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   a = (x.astype(jnp.float32) + 1.0) / 2.0
   b = (jnp.clip(x_hat.astype(jnp.float32), -1.0, 1.0) + 1.0) / 2.0
@@ -273,8 +287,8 @@ def channel_moments(z: jax.Array, noise_variance: jax.Array) -> jax.Array:
 
 
 def make_reconstruct_fn(config: ml_collections.ConfigDict, vae_gd: nnx.GraphDef):
-  """reconstruct(params, video uint8) -> (x_hat, psnr [B], frame psnr [B, T], latent moments
-  [2, 3], channel moments [4, C]), jitted.
+  """reconstruct(params, video uint8) -> (x_hat, psnr [B], frame psnr [B, T], frame SSIM
+  [B, T], latent moments [2, 3], channel moments [4, C]), jitted.
 
   Uses the posterior mean; x_hat is float in [-1, 1] (unclipped).
   """
@@ -287,7 +301,7 @@ def make_reconstruct_fn(config: ml_collections.ConfigDict, vae_gd: nnx.GraphDef)
       posterior = vae.encode(x)
       z = posterior.mode()
       x_hat = vae.decode(z)
-    return (x_hat, psnr(x, x_hat), frame_psnr(x, x_hat), latent_moments(z),
+    return (x_hat, psnr(x, x_hat), frame_psnr(x, x_hat), frame_ssim(x, x_hat), latent_moments(z),
             channel_moments(z, jnp.exp(posterior.logvar)))
 
   return reconstruct
