@@ -1,6 +1,7 @@
 r"""Scores what a trained workdir generates (or a folder of videos) on the moving-digits ruler.
 
   python -m pflow_jax.evaluate --workdir=runs/digits --num_samples=256 [--task=i2v]
+  python -m pflow_jax.evaluate --workdir=runs/digits --num_samples=400 --metrics=digits,fvd
   python -m pflow_jax.evaluate --workdir=runs/digits --videos=DIR    # other systems' clips
 
 Samples the EMA weights of the latest (or --step) checkpoint on the captions of
@@ -18,6 +19,11 @@ the files are .mp4, .gif or .npy uint8 [T, H, W(, C)]) instead of sampling; the
 report goes to DIR/eval.json. --task=i2v gives the model the first frame of each
 test clip (autoregressive models only) and also reports how often the last
 frame shows the given frame's digits.
+
+--metrics=digits,fvd adds FVD (eval/i3d.py: Kinetics-400 I3D logits, 16 frames at
+224 px) to each row, against the whole test split; the real row's FVD is that of
+as many training clips, the real-vs-real yardstick. FVD needs at least 400 clips
+per set (the feature dimension) and costs about 1.5 s per clip on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from tqdm import tqdm
 from pflow_jax import cli, config as config_lib, inference, restore
 from pflow_jax.data import datasets, video_io
 from pflow_jax.eval import digits as digits_lib
+from pflow_jax.eval import frechet, i3d
 from pflow_jax.eval import grid as grid_lib
 from pflow_jax.models import latent_codec
 from pflow_jax.training import checkpoint
@@ -55,7 +62,10 @@ _SCORER_DIR = flags.DEFINE_string('scorer_dir', None, 'Root of the digit-scorer 
                                   '(default: the config\'s data.data_dir).')
 _SCORER_STEPS = flags.DEFINE_integer('scorer_steps', None, 'Train the digit scorer for this many '
                                      'steps (smoke tests; default: the scorer\'s own).')
+_METRICS = flags.DEFINE_list('metrics', ['digits'], 'digits (always) and optionally fvd.')
 flags.mark_flags_as_required(['workdir'])
+
+METRICS = ('digits', 'fvd')
 
 GRID_ROWS = 16
 
@@ -128,12 +138,14 @@ def generate(config: ml_collections.ConfigDict, workdir: str, captions: list[str
 
 
 def evaluate(config: ml_collections.ConfigDict, videos: np.ndarray, captions: list[str],
-             scorer: digits_lib.DigitScorer, given_frames: np.ndarray | None = None
-             ) -> tuple[dict, dict[str, np.ndarray]]:
+             scorer: digits_lib.DigitScorer, given_frames: np.ndarray | None = None,
+             with_fvd: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
   """(report, the generated clips' per-clip scores).
 
-  The report has a row for the videos, the real test clips and uniform noise. videos are the generated clips for `captions` (the captions of the first
-  len(videos) test clips, or any moving-digits captions).
+  The report has a row for the videos, the real test clips and uniform noise.
+  videos are the generated clips for `captions` (the captions of the first
+  len(videos) test clips, or any moving-digits captions). with_fvd adds each
+  row's FVD to the whole test split (the real row: as many training clips).
   """
   n = len(videos)
   if n < digits_lib.MIN_FRECHET_SAMPLES:
@@ -176,6 +188,20 @@ def evaluate(config: ml_collections.ConfigDict, videos: np.ndarray, captions: li
   rows['real_test_clips'] = real_row
   noise = np.random.default_rng(0).integers(0, 256, size=videos.shape, dtype=np.uint8)
   rows['uniform_noise'] = row_of(noise)[0]
+  if with_fvd:
+    check_fvd_sizes(n, len(test), len(train))
+    variables = i3d.load_i3d_weights()
+
+    def logits(clips, what):
+      print(f'FVD: I3D features of {len(clips)} {what} clips')
+      return i3d.video_features(clips, variables)['logits']
+
+    test_logits = logits(test, 'test')
+    for name, clips, what in (('generated', videos, 'generated'),
+                              ('real_test_clips', train[:len(test)], 'training'),
+                              ('uniform_noise', noise, 'noise')):
+      rows[name]['fvd'] = frechet.frechet_distance(logits(clips, what), test_logits,
+                                                   i3d.NUM_CLASSES)
   if test.shape[1] != videos.shape[1]:
     rows['real_test_clips']['note'] = (f'scored on the {test.shape[1]}-frame test clips; the '
                                        f'generated clips have {videos.shape[1]} frames')
@@ -186,6 +212,16 @@ def evaluate(config: ml_collections.ConfigDict, videos: np.ndarray, captions: li
   report = {'rows': rows, 'num_samples': n, 'frechet_reference_size': size,
             'scorer': {'name': scorer.cfg.name, **scorer.report}}
   return report, scores
+
+
+def check_fvd_sizes(num_samples: int, num_test: int, num_train: int) -> None:
+  """Raises ValueError unless every FVD set has at least i3d.NUM_CLASSES clips."""
+  need = i3d.NUM_CLASSES
+  for what, size in (('--num_samples', num_samples), ('the test split', num_test),
+                     ('the training split', num_train)):
+    if size < need:
+      raise ValueError(f'FVD needs at least {need} clips per set (its I3D logits are '
+                       f'{need}-d); {what} has {size}')
 
 
 def _labels(captions, scores) -> list[str]:
@@ -253,6 +289,12 @@ def main(argv):
       config.sample.steps_per_stage = tuple(int(s) for s in _STEPS.value)
   config_lib.validate(config)
   n = _NUM_SAMPLES.value
+  unknown = sorted(set(_METRICS.value) - set(METRICS))
+  if unknown:
+    raise ValueError(f'--metrics: unknown {unknown}; known {list(METRICS)}')
+  with_fvd = 'fvd' in _METRICS.value
+  if with_fvd and not _VIDEOS.value:
+    check_fvd_sizes(n, config.data.test_size, config.data.train_size)
   if n < digits_lib.MIN_FRECHET_SAMPLES:
     raise ValueError(f'--num_samples {n}: the Frechet distance needs at least '
                      f'{digits_lib.MIN_FRECHET_SAMPLES} clips')
@@ -266,7 +308,7 @@ def main(argv):
                                  train_if_missing=True)
   if _VIDEOS.value:
     videos, captions = read_video_folder(_VIDEOS.value, config_lib.image_hw(config.data))
-    report, scores = evaluate(config, videos, captions, scorer)
+    report, scores = evaluate(config, videos, captions, scorer, with_fvd=with_fvd)
     out = os.path.join(_VIDEOS.value, 'eval')
   else:
     test, _, _, captions = _split_arrays(config, 'test')
@@ -277,7 +319,7 @@ def main(argv):
     videos, step = generate(config, workdir, captions, step=_STEP.value, seed=_SEED.value,
                             batch_size=_BATCH.value, first_frames=given,
                             num_frames=_NUM_FRAMES.value)
-    report, scores = evaluate(config, videos, captions, scorer, given)
+    report, scores = evaluate(config, videos, captions, scorer, given, with_fvd)
     report.update(step=step, task=_TASK.value, seed=_SEED.value,
                   sample=config.sample.to_dict())
     os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)

@@ -154,11 +154,18 @@ def test_evaluate_scores_a_folder_of_videos_like_the_real_clips(tiny_workdir, da
       rows['real_test_clips']['nearest_train_rms'])
 
 
-@pytest.mark.parametrize('case', ['too_few', 'no_checkpoint', 'unreadable', 'mis_sized'])
+@pytest.mark.parametrize('case', ['too_few', 'too_few_for_fvd', 'unknown_metric',
+                                  'no_checkpoint', 'unreadable', 'mis_sized'])
 def test_evaluate_bad_input_is_one_line_and_writes_nothing(case, tiny_workdir, tmp_path):
   args = [f'--workdir={tiny_workdir}', f'--num_samples={N}', f'--scorer_steps={SHORT_STEPS}']
   if case == 'too_few':
     args[1], message = '--num_samples=10', f'needs at least {N} clips'
+  elif case == 'too_few_for_fvd':
+    args.append('--metrics=digits,fvd')
+    message = 'FVD needs at least 400 clips per set (its I3D logits are 400-d); --num_samples'
+  elif case == 'unknown_metric':
+    args.append('--metrics=digits,fid')
+    message = "--metrics: unknown ['fid']"
   elif case == 'no_checkpoint':
     empty = tmp_path / 'empty'
     empty.mkdir()
