@@ -7,12 +7,12 @@ import ml_collections
 
 from pflow_jax import config as config_lib
 from pflow_jax.parallel import mesh as mesh_lib
-from pflow_jax.training import checkpoint, loop, state as state_lib
+from pflow_jax.training import checkpoint, state as state_lib
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The validated config a training run saved in its workdir."""
-  config = loop.load_workdir_config(workdir)
+  config = checkpoint.load_workdir_config(workdir)
   config_lib.validate(config)
   return config
 

@@ -16,7 +16,7 @@ from pflow_jax.data import datasets, latent_dataset, moving_digits as md
 from pflow_jax.models import discriminator as disc_lib
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
-from pflow_jax.training import state as state_lib, step as step_lib, vae_loop, vae_step
+from pflow_jax.training import state as state_lib, step as step_lib, vae_loop, vae_restore, vae_step
 
 
 def test_loss_terms_follow_their_formulas():
@@ -170,7 +170,7 @@ def test_vae_loop_checkpoints_evaluates_and_resumes(vae_run, tmp_path):
   assert 0 <= metrics['eval_informative_channels'] <= config.vae.latent_channels
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
   assert os.path.exists(os.path.join(workdir, 'samples', 'step_0000004.png'))
-  with open(os.path.join(workdir, vae_loop.STATS_FILE)) as f:
+  with open(os.path.join(workdir, vae_restore.STATS_FILE)) as f:
     stats = json.load(f)
   assert stats['step'] == 4 and stats['first_frame_scale'] > 0
   # Resuming for two more steps continues from step 4.
@@ -261,8 +261,8 @@ def test_evaluating_a_checkpoint_matches_the_trainers_own_evaluation(vae_run):
 
 def test_loaded_codec_uses_the_measured_normalisation(vae_run):
   workdir, _, _ = vae_run
-  vae_config, _, _, step = vae_loop.load_vae(workdir)
-  with open(os.path.join(workdir, vae_loop.STATS_FILE)) as f:
+  vae_config, _, _, step = vae_restore.load_vae(workdir)
+  with open(os.path.join(workdir, vae_restore.STATS_FILE)) as f:
     stats = json.load(f)
   assert vae_config.first_frame_shift == stats['first_frame_shift']
   assert vae_config.video_scale == stats['video_scale']

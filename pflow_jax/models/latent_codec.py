@@ -109,6 +109,6 @@ def make_codec(config: Mapping[str, Any]) -> LatentCodec:
     return SpaceToDepthCodec(factor=int(config['factor']), channels=int(config['pixel_channels']),
                              shift=float(config['shift']), scale=float(config['scale']))
   if kind == 'vae':
-    from pflow_jax.training import vae_loop  # the trained VAE lives in a training workdir
-    return vae_loop.load_codec(config)
+    from pflow_jax.training import vae_restore  # the trained VAE lives in a training workdir
+    return vae_restore.load_codec(config)
   raise ValueError(f"unknown latent codec kind {kind!r}; known: 'space_to_depth', 'vae'")

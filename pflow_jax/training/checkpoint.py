@@ -10,10 +10,12 @@ silently start again from scratch.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
 
@@ -134,3 +136,16 @@ def restore_ema_params(workdir: str, abstract: Any, shardings: Any,
     return ckpt.restore_subtree(step, target)['ema_params'], step
   finally:
     ckpt.close()
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a training run wrote to workdir/config.json."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: is {workdir} a training workdir?')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  # JSON turns the rules' tuples into lists; rules tables are tuples of pairs.
+  config.rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+                       for name, axes in config.rules)
+  return config

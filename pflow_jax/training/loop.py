@@ -51,19 +51,6 @@ def config_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a training run wrote to workdir/config.json."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: is {workdir} a training workdir?')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  # JSON turns the rules' tuples into lists; rules tables are tuples of pairs.
-  config.rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
-                       for name, axes in config.rules)
-  return config
-
-
 def _report_config_changes(saved: dict, current: dict) -> None:
   changed = {k for k in set(saved) | set(current) if saved.get(k) != current.get(k)}
   if changed:

@@ -1,4 +1,4 @@
-"""VAE training loop and loading a trained VAE as the DiT's latent codec.
+"""VAE training loop and evaluation (a trained VAE is loaded by training/vae_restore.py).
 
 Same conventions as the DiT trainer (training/loop.py): resume-or-init from
 `workdir/checkpoints`, config JSON, data-iterator state, SIGTERM saves. Every
@@ -10,7 +10,6 @@ first `train.eval_examples` held-out videos: their PSNR is logged as
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -25,16 +24,13 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pflow_jax import config as config_lib
 from pflow_jax.data import datasets, pipeline
-from pflow_jax.models import vae as vae_lib
 from pflow_jax.parallel import mesh as mesh_lib
-from pflow_jax.training import checkpoint, loop, step as step_lib, vae_step
+from pflow_jax.training import checkpoint, loop, step as step_lib, vae_restore, vae_step
 
 
 def _video_only(record: dict[str, Any]) -> dict[str, np.ndarray]:
   return {'video': np.asarray(record['video'])}
 
-
-STATS_FILE = 'latent_stats.json'
 
 
 def _mean_variance(count, total, squares):
@@ -96,7 +92,7 @@ def write_latent_stats(workdir: str, step: int, metrics: Mapping[str, float]) ->
     if f'{name}_mean' in metrics:
       stats[f'{name}_shift'] = metrics[f'{name}_mean']
       stats[f'{name}_scale'] = 1.0 / metrics[f'{name}_std']
-  with open(os.path.join(workdir, STATS_FILE), 'w') as f:
+  with open(os.path.join(workdir, vae_restore.STATS_FILE), 'w') as f:
     json.dump(stats, f, indent=2)
 
 
@@ -168,60 +164,9 @@ def evaluate_workdir(workdir: str, num_examples: int,
                      step: int | None = None) -> dict[str, float]:
   """`evaluate`'s metrics (and 'step') of a workdir's latest (or given) checkpoint, EMA
   weights, on the first num_examples clips of its config's test split."""
-  config = loop.load_workdir_config(workdir)
-  _, vae_gd, params, step = load_vae(workdir, step)
+  config = checkpoint.load_workdir_config(workdir)
+  _, vae_gd, params, step = vae_restore.load_vae(workdir, step)
   metrics, _, _ = evaluate(vae_step.make_reconstruct_fn(config, vae_gd), params,
                            datasets.source(config, 'test'), num_examples,
                            config.data.global_batch_size)
   return {'step': step, **metrics}
-
-
-def load_vae(workdir: str, step: int | None = None):
-  """(VAEConfig, graphdef, EMA params, step) of a train_vae workdir's latest (or given) checkpoint.
-
-  The config's latent normalisation is the one measured by the trainer's last
-  evaluation (`latent_stats.json`) when present, else the config's own.
-  """
-  config = loop.load_workdir_config(workdir)
-  if 'vae' not in config:
-    raise ValueError(f'{workdir} is not a VAE workdir (its config.json has no vae section)')
-  mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
-  tx, disc_tx = vae_step.make_optimizers(config)
-  vae_gd, _, abstract, shardings = vae_step.state_shardings(config, mesh, tx, disc_tx)
-  try:
-    params, step = checkpoint.restore_ema_params(workdir, abstract.ema_params,
-                                                 shardings.ema_params, step)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f'{e}; train a VAE with `python -m pflow_jax.train_vae '
-                            f'--workdir={workdir} ...`') from None
-  vae_config = vae_step.vae_config(config)
-  stats_path = os.path.join(workdir, STATS_FILE)
-  if os.path.exists(stats_path):  # measured on held-out clips by the VAE's trainer
-    with open(stats_path) as f:
-      stats = json.load(f)
-    vae_config = dataclasses.replace(
-        vae_config, first_frame_shift=stats['first_frame_shift'],
-        first_frame_scale=stats['first_frame_scale'],
-        video_shift=stats.get('video_shift', vae_config.video_shift),
-        video_scale=stats.get('video_scale', vae_config.video_scale))
-  return vae_config, vae_gd, params, step
-
-
-def load_codec(latent: Mapping[str, Any]) -> vae_lib.VAECodec:
-  """The `latent` config section's VAE as a LatentCodec, checked against the section."""
-  workdir = latent['vae_workdir']
-  if not workdir:
-    raise ValueError("latent.kind 'vae' needs latent.vae_workdir")
-  vae_config, graphdef, params, step = load_vae(workdir)
-  found = dict(factor=vae_config.spatial_factor, temporal_factor=vae_config.temporal_factor,
-               channels=vae_config.latent_channels, pixel_channels=vae_config.in_channels)
-  wrong = {k: (latent[k], v) for k, v in found.items() if latent[k] != v}
-  if wrong:
-    details = ', '.join(f'latent.{k} is {a}, the VAE has {b}' for k, (a, b) in wrong.items())
-    raise ValueError(f'the VAE in {workdir} does not match the config: {details}')
-  logging.info('latent codec: VAE of %s at step %d', workdir, step)
-  chunk = latent['vae_chunk_frames'] or None
-  return vae_lib.VAECodec(graphdef=graphdef, state=params, config=vae_config,
-                          chunk_frames=chunk,
-                          chunk_latents=None if chunk is None else max(
-                              1, chunk // vae_config.temporal_factor))

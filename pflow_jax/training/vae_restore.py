@@ -1,0 +1,71 @@
+"""A trained VAE workdir as the DiT's latent codec: its config, EMA weights and the
+latent normalisation its trainer measured. Depends on no training loop, so the
+codec factory (models/latent_codec.make_codec) can load it without an import circle."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+
+from pflow_jax.models import vae as vae_lib
+from pflow_jax.parallel import mesh as mesh_lib
+from pflow_jax.training import checkpoint, vae_step
+
+STATS_FILE = 'latent_stats.json'  # written by vae_loop.write_latent_stats
+
+
+def load_vae(workdir: str, step: int | None = None):
+  """(VAEConfig, graphdef, EMA params, step) of a train_vae workdir's latest (or given) checkpoint.
+
+  The config's latent normalisation is the one measured by the trainer's last
+  evaluation (`latent_stats.json`) when present, else the config's own.
+  """
+  config = checkpoint.load_workdir_config(workdir)
+  if 'vae' not in config:
+    raise ValueError(f'{workdir} is not a VAE workdir (its config.json has no vae section)')
+  mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
+  tx, disc_tx = vae_step.make_optimizers(config)
+  vae_gd, _, abstract, shardings = vae_step.state_shardings(config, mesh, tx, disc_tx)
+  try:
+    params, step = checkpoint.restore_ema_params(workdir, abstract.ema_params,
+                                                 shardings.ema_params, step)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f'{e}; train a VAE with `python -m pflow_jax.train_vae '
+                            f'--workdir={workdir} ...`') from None
+  vae_config = vae_step.vae_config(config)
+  stats_path = os.path.join(workdir, STATS_FILE)
+  if os.path.exists(stats_path):  # measured on held-out clips by the VAE's trainer
+    with open(stats_path) as f:
+      stats = json.load(f)
+    vae_config = dataclasses.replace(
+        vae_config, first_frame_shift=stats['first_frame_shift'],
+        first_frame_scale=stats['first_frame_scale'],
+        video_shift=stats.get('video_shift', vae_config.video_shift),
+        video_scale=stats.get('video_scale', vae_config.video_scale))
+  return vae_config, vae_gd, params, step
+
+
+def load_codec(latent: Mapping[str, Any]) -> vae_lib.VAECodec:
+  """The `latent` config section's VAE as a LatentCodec, checked against the section."""
+  workdir = latent['vae_workdir']
+  if not workdir:
+    raise ValueError("latent.kind 'vae' needs latent.vae_workdir")
+  vae_config, graphdef, params, step = load_vae(workdir)
+  found = dict(factor=vae_config.spatial_factor, temporal_factor=vae_config.temporal_factor,
+               channels=vae_config.latent_channels, pixel_channels=vae_config.in_channels)
+  wrong = {k: (latent[k], v) for k, v in found.items() if latent[k] != v}
+  if wrong:
+    details = ', '.join(f'latent.{k} is {a}, the VAE has {b}' for k, (a, b) in wrong.items())
+    raise ValueError(f'the VAE in {workdir} does not match the config: {details}')
+  logging.info('latent codec: VAE of %s at step %d', workdir, step)
+  chunk = latent['vae_chunk_frames'] or None
+  return vae_lib.VAECodec(graphdef=graphdef, state=params, config=vae_config,
+                          chunk_frames=chunk,
+                          chunk_latents=None if chunk is None else max(
+                              1, chunk // vae_config.temporal_factor))
