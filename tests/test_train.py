@@ -1,16 +1,20 @@
 """The training step and checkpoints: sharded == single device, restore across meshes."""
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
+from flax import nnx
 import pytest
 
 from configs import moving_digits
 from pflow_jax.data.synthetic import synthetic_batch
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
-from pflow_jax.training import checkpoint, state as state_lib, step as step_lib
+from pflow_jax.training import checkpoint, loop, state as state_lib, step as step_lib
 
 
 def tiny_config(**batch):
@@ -118,3 +122,84 @@ def test_learning_rate_schedule(decay_steps):
   expected = np.where(t < 10, 0.1 * t / 10, 0.1 if decay_steps == 0 else
                       0.05 * (1 + np.cos(np.pi * np.minimum(after, 50) / 50)))
   np.testing.assert_allclose(rates, expected, atol=1e-6)
+
+
+class _State(NamedTuple):
+  step: jax.Array
+  w: jax.Array
+
+
+class _CountingBatches:
+  """A stand-in for the data iterator: one-element batches and a JSON-able position."""
+
+  def __init__(self):
+    self.position = 0
+
+  def __next__(self):
+    self.position += 1
+    return {'x': np.zeros((1,), np.float32)}
+
+  def get_state(self):
+    return {'position': self.position}
+
+
+def _loop_config(num_steps, log_every, checkpoint_every):
+  return ml_collections.ConfigDict(dict(
+      train=dict(num_steps=num_steps, log_every=log_every, checkpoint_every=checkpoint_every,
+                 sample_every=10 ** 6),
+      rules=(('batch', None),)))
+
+
+def _fake_step(nan_at=None):
+  """A train step whose loss is the step index and whose weight turns NaN at `nan_at`."""
+
+  def step(state, batch, index):
+    del batch
+    w = state.w * (jnp.nan if index == nan_at else 1.0)
+    loss = jnp.float32(index) * jnp.mean(w) / jnp.mean(state.w)
+    return _State(state.step + 1, w), {'loss': loss}
+  return step
+
+
+def _read_metrics(workdir):
+  import json
+  with open(workdir / 'metrics.jsonl') as f:
+    return [json.loads(line) for line in f]
+
+
+def test_loop_logs_the_mean_of_each_window(tmp_path):
+  mesh = mesh_lib.make_mesh({'data': -1})
+  state = _State(jnp.zeros((), jnp.int32), jnp.ones((3,)))
+  ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+  loop.run_loop(_loop_config(8, 4, 8), str(tmp_path), mesh, state, _CountingBatches(), ckpt,
+                _fake_step(), lambda state, step: None)
+  logged = {m['step']: m['loss'] for m in _read_metrics(tmp_path)}
+  assert logged == {4: pytest.approx(1.5), 8: pytest.approx(5.5)}   # means of 0..3 and 4..7
+
+
+def test_loop_refuses_to_checkpoint_after_a_non_finite_step(tmp_path):
+  # The NaN lands on step 3, between logs (every 10) and before the checkpoint at 4.
+  mesh = mesh_lib.make_mesh({'data': -1})
+  state = _State(jnp.zeros((), jnp.int32), jnp.ones((3,)))
+  ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=True)
+  with pytest.raises(FloatingPointError, match='last checkpoint is step 2'):
+    loop.run_loop(_loop_config(20, 10, 2), str(tmp_path), mesh, state, _CountingBatches(),
+                  ckpt, _fake_step(nan_at=2), lambda state, step: None)
+  assert checkpoint.Checkpointer(str(tmp_path)).all_steps() == [2]
+
+
+def test_weight_decay_spares_biases_and_norm_scales():
+  """With zero gradients AdamW only decays: kernels shrink by lr * wd, 1-D parameters stay."""
+  optim = ml_collections.ConfigDict(dict(lr=0.1, warmup_steps=1, decay_steps=0, b1=0.9,
+                                         b2=0.95, eps=1e-8, weight_decay=0.5, clip_grad=1.0))
+  tx = state_lib.make_optimizer(optim)
+  graphdef, params = nnx.split(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), nnx.Param)
+  params = jax.tree.map(lambda p: p + 1.0, params)      # a non-zero bias
+  opt_state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  for _ in range(2):                                     # step 0 runs at warm-up rate 0
+    updates, opt_state = tx.update(zeros, opt_state, params)
+    new = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(new['kernel'][...], params['kernel'][...] * (1 - 0.1 * 0.5),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(new['bias'][...], params['bias'][...])

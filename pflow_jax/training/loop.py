@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh
 import ml_collections
 import numpy as np
@@ -94,6 +95,19 @@ def restore_or_init(ckpt: checkpoint.Checkpointer, workdir: str, config: ml_coll
   return state
 
 
+@jax.jit
+def _accumulate(window_sum: dict, all_finite: jax.Array, metrics: dict) -> tuple[dict, jax.Array]:
+  """Adds a step's metrics to the window's sums and folds their finiteness into a flag."""
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
+  return jax.tree.map(jnp.add, window_sum, metrics), all_finite & finite
+
+
+@jax.jit
+def _tree_finite(tree: Any) -> jax.Array:
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def run_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, state: Any,
              iterator: pipeline.BatchIterator, ckpt: checkpoint.Checkpointer,
              train_step: Callable[[Any, dict, int], tuple[Any, dict]],
@@ -104,7 +118,11 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, state:
   train_step(state, global_batch, step) -> (state, metrics); on_sample(state, step)
   writes samples or evaluations every config.train.sample_every steps and at the end,
   and may return scalars to log at that step.
-  Metrics are fetched only on logging steps, so steps run asynchronously.
+  Logged metrics are the means over the steps since the last log. Every step's
+  metrics are checked for NaN/Inf on device, so steps still run asynchronously;
+  the first log or checkpoint after a non-finite step raises FloatingPointError,
+  and no checkpoint is written from a state with non-finite values. The
+  checkpointer and metric files are closed on every exit.
   """
   train = config.train
   writer = metrics_lib.MetricWriter(workdir)
@@ -113,42 +131,56 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, state:
   last: dict[str, float] = {}
   bar = tqdm(total=num_steps, initial=start, desc='train', unit='step',
              disable=jax.process_index() != 0, dynamic_ncols=True)
-  window_start, window_steps = time.perf_counter(), 0
-  with _StopRequest() as stop, jax.set_mesh(mesh):
-    for step in range(start, num_steps):
-      global_batch = pipeline.to_global_batch(next(iterator), mesh, config.rules)
-      state, metrics = train_step(state, global_batch, step)
-      window_steps += 1
-      done = step + 1
-      if done % train.log_every == 0 or done == num_steps:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not np.isfinite(metrics['loss']):
-          raise FloatingPointError(f'loss is {metrics["loss"]} at step {done}; the last '
-                                   f'checkpoint is step {ckpt.latest_step()}')
-        metrics['steps_per_sec'] = window_steps / (time.perf_counter() - window_start)
-        if step_flops:
-          metrics['tflops_per_sec'] = step_flops * metrics['steps_per_sec'] / 1e12
-        writer.scalars(done, metrics)
-        bar.set_postfix(loss=f'{metrics["loss"]:.4f}', steps_s=f'{metrics["steps_per_sec"]:.2f}')
-        last = metrics
-        window_start, window_steps = time.perf_counter(), 0
-      bar.update(1)
-      if done % train.checkpoint_every == 0 or done == num_steps or stop.requested:
-        ckpt.save(done, state, iterator.get_state(), config_json(config))
-      if done % train.sample_every == 0 or done == num_steps:
-        evaluation = on_sample(state, done)
-        if evaluation:
-          writer.scalars(done, evaluation)
-          last = {**last, **evaluation}
-        window_start = time.perf_counter()  # sampling time is not training time
-      if stop.requested:
-        ckpt.close()
-        bar.close()
-        logging.warning('stopped at step %d; rerun the same command to resume', done)
-        raise SystemExit(143)
-  bar.close()
-  ckpt.close()
-  writer.close()
+  window_start, window_steps, window_sum = time.perf_counter(), 0, None
+  all_finite = jnp.asarray(True)
+
+  def check_finite(done: int, what: str) -> None:
+    if not bool(jax.device_get(all_finite)):
+      raise FloatingPointError(f'a non-finite loss or metric appeared at or before step {done} '
+                               f'(not {what}); the last checkpoint is step '
+                               f'{ckpt.latest_step()}')
+
+  try:
+    with _StopRequest() as stop, jax.set_mesh(mesh):
+      for step in range(start, num_steps):
+        global_batch = pipeline.to_global_batch(next(iterator), mesh, config.rules)
+        state, metrics = train_step(state, global_batch, step)
+        if window_sum is None:
+          window_sum = jax.tree.map(jnp.zeros_like, metrics)
+        window_sum, all_finite = _accumulate(window_sum, all_finite, metrics)
+        window_steps += 1
+        done = step + 1
+        if done % train.log_every == 0 or done == num_steps:
+          check_finite(done, 'logged')
+          means = {k: float(v) / window_steps for k, v in jax.device_get(window_sum).items()}
+          means['steps_per_sec'] = window_steps / (time.perf_counter() - window_start)
+          if step_flops:
+            means['tflops_per_sec'] = step_flops * means['steps_per_sec'] / 1e12
+          writer.scalars(done, means)
+          bar.set_postfix(loss=f'{means["loss"]:.4f}', steps_s=f'{means["steps_per_sec"]:.2f}')
+          last = means
+          window_start, window_steps, window_sum = time.perf_counter(), 0, None
+        bar.update(1)
+        if done % train.checkpoint_every == 0 or done == num_steps or stop.requested:
+          check_finite(done, 'checkpointed')
+          if not bool(jax.device_get(_tree_finite(state))):
+            raise FloatingPointError(f'the state at step {done} holds NaN/Inf: not '
+                                     f'checkpointed; the last checkpoint is step '
+                                     f'{ckpt.latest_step()}')
+          ckpt.save(done, state, iterator.get_state(), config_json(config))
+        if done % train.sample_every == 0 or done == num_steps:
+          evaluation = on_sample(state, done)
+          if evaluation:
+            writer.scalars(done, evaluation)
+            last = {**last, **evaluation}
+          window_start = time.perf_counter()  # sampling time is not training time
+        if stop.requested:
+          logging.warning('stopped at step %d; rerun the same command to resume', done)
+          raise SystemExit(143)
+  finally:
+    bar.close()
+    ckpt.close()
+    writer.close()
   return last
 
 

@@ -28,6 +28,8 @@ class TrainState:
 def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """AdamW with linear warm-up and global-norm clipping.
 
+  Weight decay applies to matrices and kernels only: biases, norm scales and
+  other parameters of fewer than 2 dimensions are exempt (official recipe).
   After warm-up the rate stays constant (official recipe; `decay_steps=0`) or
   follows a cosine to zero over `decay_steps` (short runs, e.g. the CPU VAE).
   """
@@ -41,7 +43,12 @@ def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransforma
   return optax.chain(
       optax.clip_by_global_norm(optim.clip_grad),
       optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                  weight_decay=optim.weight_decay))
+                  weight_decay=optim.weight_decay, mask=_decayed))
+
+
+def _decayed(params: Any) -> Any:
+  """True for the parameters weight decay applies to (2 or more dimensions)."""
+  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
 def abstract_model(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.State]:
