@@ -12,5 +12,5 @@ WORKDIR=${WORKDIR:-runs/moving_digits}
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 .venv/bin/python -m pflow_jax.train --config=configs/moving_digits.py --workdir="$WORKDIR" "$@"
 .venv/bin/python -m pflow_jax.sample --workdir="$WORKDIR" --prompt "a 3 moving left" \
-    --num_samples 4 --out "$WORKDIR/samples/a_3_moving_left.mp4"
+    --num_samples 4 --out "$WORKDIR/samples/a_3_moving_left.mp4" --overwrite
 .venv/bin/python -m pflow_jax.evaluate --workdir="$WORKDIR" --num_samples=256

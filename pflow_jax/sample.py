@@ -9,7 +9,8 @@ generated one after another, and three more things work:
   --image first.png          image-to-video: the image is encoded as frame 0
   --video clip.mp4           video extension: continue the clip's frames
 Writes the video (.mp4 or .gif: the samples side by side) and a PNG frame grid
-next to it (one row per sample). Uses the EMA parameters of the latest (or
+next to it (one row per sample); existing outputs are kept unless --overwrite,
+and an output is never one of the inputs. Uses the EMA parameters of the latest (or
 --step) checkpoint and the config saved in the workdir.
 """
 
@@ -52,6 +53,7 @@ _CACHE = flags.DEFINE_bool('cache_history', None, 'Reuse history keys/values (de
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 _FPS = flags.DEFINE_integer('fps', None, 'Frames per second of the output (default: config).')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing output video and grid.')
 flags.mark_flags_as_required(['workdir', 'prompt'])
 
 
@@ -79,10 +81,21 @@ def conditioning_frames(config: ml_collections.ConfigDict, image: str | None,
   return frames
 
 
+def check_outputs(outputs: list[str], inputs: list[str | None], overwrite: bool) -> None:
+  """Raises unless every output is a new file (or overwrite) and none is an input."""
+  given = {os.path.realpath(p) for p in inputs if p}
+  for path in outputs:
+    if os.path.realpath(path) in given:
+      raise ValueError(f'{path} is both an input and an output of this run; choose another '
+                       '--out (the frame grid is written next to it as <stem>.png)')
+    if os.path.exists(path) and not overwrite:
+      raise FileExistsError(f'{path} exists; pass --overwrite to replace it')
+
+
 def run(workdir: str, prompt: str, num_samples: int, out: str, *, seed: int = 0,
         step: int | None = None, fps: int | None = None, num_frames: int | None = None,
         image: str | None = None, video: str | None = None,
-        overrides: dict | None = None) -> str:
+        overrides: dict | None = None, overwrite: bool = False) -> str:
   """Samples into `out` (+ a PNG grid next to it); returns the grid's path.
 
   overrides: `sample` section fields (steps, guidance, history window, cache).
@@ -90,6 +103,8 @@ def run(workdir: str, prompt: str, num_samples: int, out: str, *, seed: int = 0,
   ext = os.path.splitext(out)[1].lower()
   if ext not in ('.mp4', '.gif'):
     raise ValueError(f'--out must end in .mp4 or .gif, got {out!r}')
+  grid = os.path.splitext(out)[0] + '.png'
+  check_outputs([out, grid], [image, video], overwrite)
   if num_samples < 1:
     raise ValueError(f'--num_samples must be >= 1, got {num_samples}')
   config = restore.load_config(workdir)
@@ -135,7 +150,6 @@ def run(workdir: str, prompt: str, num_samples: int, out: str, *, seed: int = 0,
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   strip = np.concatenate(list(videos), axis=2)
   video_io.write_video(out, strip, fps=fps or config.sample.fps)
-  grid = os.path.splitext(out)[0] + '.png'
   video_io.write_frame_grid(grid, videos)
   return grid
 
@@ -150,7 +164,8 @@ def main(argv):
                             guidance_scale=_GUIDANCE.value,
                             video_steps_per_stage=ints(_VIDEO_STEPS.value),
                             video_guidance_scale=_VIDEO_GUIDANCE.value,
-                            history_window=_WINDOW.value, cache_history=_CACHE.value))
+                            history_window=_WINDOW.value, cache_history=_CACHE.value),
+             overwrite=_OVERWRITE.value)
   print(f'wrote {_OUT.value} and {grid}')
 
 

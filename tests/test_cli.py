@@ -176,6 +176,27 @@ def test_image_to_video_needs_an_autoregressive_model(tmp_path, reference_run):
   assert not (tmp_path / 'x.mp4').exists()
 
 
+def test_sample_never_overwrites_an_input_or_an_existing_output(tmp_path, reference_run):
+  from PIL import Image
+  image = tmp_path / 'x.png'
+  Image.new('L', (32, 32), color=7).save(image)
+  before = image.read_bytes()
+  code, out = run('pflow_jax.sample', f'--workdir={reference_run}', '--prompt=a 3',
+                  f'--out={tmp_path / "x.mp4"}', f'--image={image}')
+  assert code != 0 and 'both an input and an output' in out and 'Traceback' not in out
+  assert image.read_bytes() == before and not (tmp_path / 'x.mp4').exists()
+
+  existing = tmp_path / 'old.png'
+  existing.write_bytes(b'keep me')
+  args = ('pflow_jax.sample', f'--workdir={reference_run}', '--prompt=a 3', '--num_samples=1',
+          f'--out={tmp_path / "old.mp4"}', '--steps_per_stage=2,2,2')
+  code, out = run(*args)
+  assert code != 0 and 'pass --overwrite' in out and existing.read_bytes() == b'keep me'
+  code, out = run(*args, '--overwrite')
+  assert code == 0, out
+  assert existing.read_bytes() != b'keep me' and (tmp_path / 'old.mp4').stat().st_size > 0
+
+
 def test_sweep_commands_are_valid_overrides(tmp_path):
   """Every run of the ablation sweep parses as config overrides (each stops at validation,
   on the one value made invalid on purpose, after the overrides were applied)."""
