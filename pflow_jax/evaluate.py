@@ -281,7 +281,7 @@ def checkpoint_steps(workdir: str) -> list[int]:
 def main(argv):
   del argv
   workdir = _WORKDIR.value
-  config = restore.load_config(workdir)
+  config = restore.load_config(workdir, _STEP.value)
   with config.unlocked():
     if _GUIDANCE.value is not None:
       config.sample.guidance_scale = _GUIDANCE.value

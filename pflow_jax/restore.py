@@ -10,9 +10,9 @@ from pflow_jax.parallel import mesh as mesh_lib
 from pflow_jax.training import checkpoint, state as state_lib
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The validated config a training run saved in its workdir."""
-  config = checkpoint.load_workdir_config(workdir)
+def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
+  """The validated config saved with a workdir's checkpoint `step` (default: the latest)."""
+  config = checkpoint.load_workdir_config(workdir, step)
   config_lib.validate(config)
   return config
 

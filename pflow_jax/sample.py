@@ -11,7 +11,7 @@ generated one after another, and three more things work:
 Writes the video (.mp4 or .gif: the samples side by side) and a PNG frame grid
 next to it (one row per sample); existing outputs are kept unless --overwrite,
 and an output is never one of the inputs. Uses the EMA parameters of the latest (or
---step) checkpoint and the config saved in the workdir.
+--step) checkpoint and the config saved with it.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def run(workdir: str, prompt: str, num_samples: int, out: str, *, seed: int = 0,
   check_outputs([out, grid], [image, video], overwrite)
   if num_samples < 1:
     raise ValueError(f'--num_samples must be >= 1, got {num_samples}')
-  config = restore.load_config(workdir)
+  config = restore.load_config(workdir, step)
   with config.unlocked():
     config.sample.update({k: v for k, v in (overrides or {}).items() if v is not None})
   config_lib.validate(config)

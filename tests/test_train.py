@@ -203,3 +203,31 @@ def test_weight_decay_spares_biases_and_norm_scales():
   np.testing.assert_allclose(new['kernel'][...], params['kernel'][...] * (1 - 0.1 * 0.5),
                              rtol=1e-6)
   np.testing.assert_array_equal(new['bias'][...], params['bias'][...])
+
+
+def test_a_fresh_run_keeps_another_runs_config_json(tmp_path):
+  import json
+  loop.write_config_json(str(tmp_path), {'seed': 1})
+  loop.write_config_json(str(tmp_path), {'seed': 1})          # the same run restarting: fine
+  with pytest.raises(FileExistsError, match='another run'):
+    loop.write_config_json(str(tmp_path), {'seed': 2})
+  assert json.loads((tmp_path / 'config.json').read_text()) == {'seed': 1}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['config.json']   # no temp file left
+
+
+def test_workdir_config_is_the_one_saved_with_the_checkpoint(tmp_path):
+  import json
+  rules = [['batch', ['data']]]
+  (tmp_path / 'config.json').write_text(json.dumps({'seed': 1, 'rules': rules}))
+  ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+  state = _State(jnp.zeros((), jnp.int32), jnp.ones((3,)))
+  ckpt.save(4, state, {'position': 0}, {'seed': 2, 'rules': rules})
+  ckpt.save(8, state, {'position': 0}, {'seed': 3, 'rules': rules})
+  ckpt.close()
+  assert checkpoint.load_workdir_config(str(tmp_path)).seed == 3
+  assert checkpoint.load_workdir_config(str(tmp_path), step=4).seed == 2
+  assert list(checkpoint.load_workdir_config(str(tmp_path)).rules) == [('batch', ('data',))]
+  empty = tmp_path / 'fresh'
+  empty.mkdir()
+  (empty / 'config.json').write_text(json.dumps({'seed': 1, 'rules': rules}))
+  assert checkpoint.load_workdir_config(str(empty)).seed == 1   # no checkpoint yet

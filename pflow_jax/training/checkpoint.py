@@ -99,6 +99,17 @@ class Checkpointer:
     _check_same_structure(target, restored.state, path)
     return restored.state
 
+  def restore_config(self, step: int) -> dict:
+    """The config saved with checkpoint `step` (JSON, as config.json)."""
+    path = os.path.join(self.directory, str(step))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          config=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises many types; all mean "cannot read".
+      raise CheckpointError(f'cannot read the config of checkpoint {path} '
+                            f'({type(e).__name__}: {e})') from e
+    return dict(restored.config)
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
@@ -138,13 +149,30 @@ def restore_ema_params(workdir: str, abstract: Any, shardings: Any,
     ckpt.close()
 
 
-def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a training run wrote to workdir/config.json."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: is {workdir} a training workdir?')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+def load_workdir_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
+  """The resolved config saved with a workdir's checkpoint `step` (default: the latest).
+
+  A run resumed with changed overrides saves its new config with its later
+  checkpoints, so this is the config those weights were trained with; a
+  workdir with no checkpoint yet falls back to the config.json written when
+  training started.
+  """
+  saved = None
+  if os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    ckpt = Checkpointer(workdir)
+    try:
+      step = ckpt.latest_step() if step is None else step
+      if step is not None and step in ckpt.all_steps():
+        saved = ckpt.restore_config(step)
+    finally:
+      ckpt.close()
+  if saved is None:
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'{path} not found: is {workdir} a training workdir?')
+    with open(path) as f:
+      saved = json.load(f)
+  config = ml_collections.ConfigDict(saved)
   # JSON turns the rules' tuples into lists; rules tables are tuples of pairs.
   config.rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
                        for name, axes in config.rules)

@@ -52,6 +52,28 @@ def config_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
+def write_config_json(workdir: str, config: dict) -> None:
+  """Writes workdir/config.json on process 0 (temp file + rename), keeping another run's.
+
+  An identical config.json (a fresh run restarted before its first
+  checkpoint) is left as it is.
+  """
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      existing = json.load(f)
+    if existing == config:
+      return
+    raise FileExistsError(f'{path} holds the config of another run and {workdir} has no '
+                          'checkpoint to resume: use a new --workdir, or delete config.json '
+                          'to start this config there')
+  if jax.process_index() == 0:
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
+      json.dump(config, f, indent=2)
+    os.replace(tmp, path)
+
+
 def _report_config_changes(saved: dict, current: dict) -> None:
   changed = {k for k in set(saved) | set(current) if saved.get(k) != current.get(k)}
   if changed:
@@ -77,14 +99,14 @@ def restore_or_init(ckpt: checkpoint.Checkpointer, workdir: str, config: ml_coll
                     iterator: pipeline.BatchIterator) -> Any:
   """The latest checkpoint restored into `shardings` (iterator position too), or a fresh state.
 
-  A fresh start writes the resolved config to workdir/config.json.
+  A fresh start writes the resolved config to workdir/config.json (atomically).
+  A config.json of a different config in a workdir without checkpoints belongs
+  to another run: FileExistsError, nothing is overwritten.
   """
   current = config_json(config)
   latest = ckpt.latest_step()
   if latest is None:
-    if jax.process_index() == 0:
-      with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        json.dump(current, f, indent=2)
+    write_config_json(workdir, current)
     return init_fn()
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)

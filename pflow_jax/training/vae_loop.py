@@ -164,7 +164,7 @@ def evaluate_workdir(workdir: str, num_examples: int,
                      step: int | None = None) -> dict[str, float]:
   """`evaluate`'s metrics (and 'step') of a workdir's latest (or given) checkpoint, EMA
   weights, on the first num_examples clips of its config's test split."""
-  config = checkpoint.load_workdir_config(workdir)
+  config = checkpoint.load_workdir_config(workdir, step)
   _, vae_gd, params, step = vae_restore.load_vae(workdir, step)
   metrics, _, _ = evaluate(vae_step.make_reconstruct_fn(config, vae_gd), params,
                            datasets.source(config, 'test'), num_examples,

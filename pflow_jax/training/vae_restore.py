@@ -26,7 +26,7 @@ def load_vae(workdir: str, step: int | None = None):
   The config's latent normalisation is the one measured by the trainer's last
   evaluation (`latent_stats.json`) when present, else the config's own.
   """
-  config = checkpoint.load_workdir_config(workdir)
+  config = checkpoint.load_workdir_config(workdir, step)
   if 'vae' not in config:
     raise ValueError(f'{workdir} is not a VAE workdir (its config.json has no vae section)')
   mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
