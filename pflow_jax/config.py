@@ -395,3 +395,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      f'{config.text.max_length}')
   _check_positive(config.train, 'train', ('num_steps', 'log_every', 'checkpoint_every',
                                           'sample_every', 'keep_checkpoints'))
+  if config.text.encoder == 'toy':
+    for prompt in config.sample.prompts:
+      if len(prompt.encode('utf-8')) > config.text.max_length:
+        raise ValueError(f'sample prompt {prompt!r} is {len(prompt.encode("utf-8"))} bytes, '
+                         f'longer than text.max_length {config.text.max_length}')

@@ -98,6 +98,7 @@ def test_sample_cli_writes_video_and_grid(tmp_path, reference_run):
     ('--config.model.no_such_key=1', 'no_such_key'),
     ('--config.data.image_size=40', 'not divisible'),
     ('--config.data.train_size=0', 'train_size'),
+    ('--config.text.max_length=8', 'longer than text.max_length'),
 ])
 def test_bad_config_fails_with_one_clear_error(tmp_path, data_dir, override, message):
   workdir = tmp_path / 'w'
