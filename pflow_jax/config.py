@@ -146,10 +146,10 @@ def base_config() -> ml_collections.ConfigDict:
   # The temporal pyramid (official autoregressive video training and sampling).
   # autoregressive False trains all frames of a clip jointly (the official
   # non-AR variant); True trains one target frame per sample on its
-  # compressed, corrupted history, and samples frame by frame.
+  # compressed, corrupted history, and samples frame by frame. A unit is one
+  # latent frame (the official frame_per_unit 1, the only one implemented).
   c.temporal = ml_collections.ConfigDict(dict(
       autoregressive=False,
-      frame_per_unit=1,            # latent frames per unit (the official 1; the only one supported)
       corrupt_ratio=1 / 3,         # history corruption s ~ U(0, corrupt_ratio)
       video_sync_group=-1,         # official 8: ranks sharing a video; -1: units per clip
       compress_history=True,       # False: history at the target's resolution (baseline)
@@ -334,9 +334,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'sample.{name} {list(config.sample[name])} needs one entry per stage '
                        f'({k})')
   if config.temporal.autoregressive:
-    if config.temporal.frame_per_unit != 1:
-      raise ValueError('temporal.frame_per_unit must be 1 (the official setting; longer units '
-                       f'are not implemented), got {config.temporal.frame_per_unit}')
     units = latent_size(config)[0]
     group = config.temporal.video_sync_group
     if units < 2:
