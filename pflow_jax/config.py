@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from pflow_jax.pyramid import flow as flow_lib
+
 # Logical axis -> mesh axes for the DiT (see pflow_jax/parallel/rules.py).
 # Batch over data and fsdp (FSDP shards parameters along 'embed' and is
 # data-parallel for activations); heads and MLP over tensor; tokens over
@@ -141,6 +143,10 @@ def base_config() -> ml_collections.ConfigDict:
       num_train_timesteps=1000,
       sample_ratios=(1, 1, 1),
       text_dropout=0.1,            # classifier-free guidance training
+      # What the DiT outputs: 'velocity' (official) or 'clean', the stage's clean
+      # latent, with the velocity derived from it and the noisy input
+      # (pyramid/flow.velocity_from_prediction); the loss is on the velocity.
+      prediction='velocity',
   ))
 
   # The temporal pyramid (official autoregressive video training and sampling).
@@ -326,6 +332,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   k = config.pyramid.stages
   if k < 1:
     raise ValueError(f'pyramid.stages must be >= 1, got {k}')
+  if config.pyramid.prediction not in flow_lib.PREDICTIONS:
+    raise ValueError(f'pyramid.prediction must be one of {flow_lib.PREDICTIONS}, got '
+                     f'{config.pyramid.prediction!r}')
   if len(config.pyramid.sample_ratios) != k:
     raise ValueError(f'pyramid.sample_ratios {list(config.pyramid.sample_ratios)} needs one '
                      f'entry per stage ({k})')

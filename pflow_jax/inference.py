@@ -47,7 +47,7 @@ def make_generate_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
       cond = model.encode_text({'tokens': tokens})
       uncond = model.encode_text({'tokens': jnp.zeros_like(tokens)})
       latents = sampler.sample(model.velocity, cond, uncond, rng, schedule, shape, steps,
-                               guidance_scale)
+                               guidance_scale, config.pyramid.prediction)
       return codec.decode(latents)
 
   return lambda params, tokens, rng: generate(params, codec, tokens, rng)
@@ -120,7 +120,8 @@ class VideoGenerator:
             model, cond, uncond, rng, self.schedule, frames, unit, self.plans(history),
             sample.steps_per_stage if first else sample.video_steps_per_stage,
             sample.guidance_scale if first else sample.video_guidance_scale,
-            use_cache=self.cache and history > 0)  # text sees frame 0: no cache there
+            use_cache=self.cache and history > 0,  # text sees frame 0: no cache there
+            prediction=config.pyramid.prediction)
       return jax.lax.dynamic_update_slice_in_dim(frames, x.astype(frames.dtype), unit, axis=1)
 
     self._unit_step = unit_step

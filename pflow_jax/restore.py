@@ -13,6 +13,9 @@ from pflow_jax.training import checkpoint, state as state_lib
 def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
   """The validated config saved with a workdir's checkpoint `step` (default: the latest)."""
   config = checkpoint.load_workdir_config(workdir, step)
+  if 'prediction' not in config.pyramid:
+    # Saved before the option existed: those models predict the velocity.
+    config.pyramid.prediction = 'velocity'
   config_lib.validate(config)
   return config
 

@@ -228,3 +228,25 @@ def test_bad_loss_inputs():
     flow.pyramid_flow_loss(lambda x, t, c: x[..., :0], z, None, jax.random.key(0), s, (1, 1, 1))
   with pytest.raises(ValueError, match='B, T, H, W, C'):
     flow.downsample_pyramid(jnp.zeros((8, 8)), 2)
+
+
+@pytest.mark.parametrize('stages', [3, 1])
+def test_clean_prediction_gives_the_stage_velocity(stages):
+  """With the true clean latent of the stage, the derived velocity is start - end."""
+  s = schedule_lib.make_schedule(stages)
+  z = jax.random.normal(jax.random.key(7), (3, 2, 8, 8, 4))
+  levels = flow.downsample_pyramid(z, stages)
+  noise = flow.noise_pyramid(jax.random.normal(jax.random.key(8), z.shape), stages)
+  r = jnp.asarray([1.0, 0.5, 0.06])[:, None, None, None, None]  # noise level >= the floor
+  for stage in range(stages):
+    start, end = flow.stage_endpoints(levels, noise, s, stage)
+    x = r * start + (1 - r) * end
+    v = flow.velocity_from_prediction(levels[stage], x, r, s, stage, 'clean')
+    np.testing.assert_allclose(v, start - end, atol=1e-5)
+    # Another clean latent gives another velocity; 'velocity' passes the output through.
+    other = flow.velocity_from_prediction(levels[stage] + 0.1, x, r, s, stage, 'clean')
+    assert float(jnp.abs(other - (start - end)).min()) > 1e-3
+    np.testing.assert_array_equal(
+        flow.velocity_from_prediction(start, x, r, s, stage, 'velocity'), start)
+  with pytest.raises(ValueError, match='prediction must be one of'):
+    flow.velocity_from_prediction(z, z, r, s, 0, 'epsilon')

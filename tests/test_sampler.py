@@ -98,11 +98,13 @@ def dense_operators(h, stages):
   return down, up
 
 
-def gaussian_velocity(schedule, mean, cov, h, x, t, cond):
-  """E[start - end | x_r] for data z ~ N(mean, cov) on an h x h single-channel image.
+def gaussian_posterior(schedule, mean, cov, h, prediction, x, t, cond):
+  """E[y | x_r] for data z ~ N(mean, cov) on an h x h single-channel image.
 
-  At stage k, x = c n + A z and y = start - end = (s - e) n + G z with white n
-  independent of z, so E[y | x] is a linear regression with Cov(x) = c^2 I + A S A^T.
+  At stage k, x = c n + A z with white n independent of z. y is the velocity
+  start - end = (s - e) n + G z (prediction 'velocity') or the stage's clean
+  latent D_k z ('clean'); with y = b n + M z, E[y | x] is a linear regression
+  with Cov(x) = c^2 I + A S A^T and Cov(y, x) = b c I + M S A^T.
   """
   del cond
   k_stages, n = schedule.stages, schedule.num_train_timesteps
@@ -113,15 +115,18 @@ def gaussian_velocity(schedule, mean, cov, h, x, t, cond):
   s, e = schedule.start_sigmas[stage], schedule.end_sigmas[stage]
   below = up[stage] @ down[stage - 1] if stage > 0 else np.zeros_like(down[stage])
   a = r * (1 - s) * below + (1 - r) * (1 - e) * down[stage]
-  g = (1 - s) * below - (1 - e) * down[stage]
   c = r * s + (1 - r) * e
+  if prediction == 'velocity':
+    b, m = s - e, (1 - s) * below - (1 - e) * down[stage]
+  else:
+    b, m = 0.0, down[stage]
   eye = jnp.eye(a.shape[0])
   cov_x = c ** 2 * eye + a @ cov @ a.T
-  cov_yx = (s - e) * c * eye + g @ cov @ a.T
+  cov_yx = b * c * eye + m @ cov @ a.T
   gain = jnp.linalg.solve(cov_x, cov_yx.T)
   flat = x.reshape(x.shape[0], -1)
-  v = g @ mean + (flat - a @ mean) @ gain
-  return v.reshape(x.shape)
+  y = m @ mean + (flat - a @ mean) @ gain
+  return y.reshape(x.shape)
 
 
 def random_gaussian(d, seed):
@@ -134,17 +139,20 @@ def random_gaussian(d, seed):
 
 # Euler's bias on these flows shrinks the variance by about 3/steps, so the
 # step counts are large enough to keep it well inside the Monte Carlo tolerance.
-@pytest.mark.parametrize('stages,shift,steps', [(3, 1.0, (256, 256, 256)),
-                                                (3, 3.0, (192, 256, 320)), (1, 1.0, (512,))])
-def test_sampler_lands_on_the_data_distribution(stages, shift, steps):
+# The 'clean' parameterisation with the exact E[z_k | x] must land there as well:
+# the velocity it derives is the exact E[start - end | x].
+@pytest.mark.parametrize('stages,shift,steps,prediction', [
+    (3, 1.0, (256, 256, 256), 'velocity'), (3, 3.0, (192, 256, 320), 'velocity'),
+    (1, 1.0, (512,), 'velocity'), (3, 1.0, (256, 256, 256), 'clean'), (1, 1.0, (512,), 'clean')])
+def test_sampler_lands_on_the_data_distribution(stages, shift, steps, prediction):
   h, m = 4, 16384
   s = schedule_lib.make_schedule(stages, shift=shift)
   mean, cov = random_gaussian(h * h, seed=stages)
-  velocity = functools.partial(gaussian_velocity, s, jnp.asarray(mean, jnp.float32),
-                               jnp.asarray(cov, jnp.float32), h)
+  velocity = functools.partial(gaussian_posterior, s, jnp.asarray(mean, jnp.float32),
+                               jnp.asarray(cov, jnp.float32), h, prediction)
   run = jax.jit(functools.partial(sampler.sample, velocity, None, None, schedule=s,
                                   shape=(m, 1, h, h, 1), steps_per_stage=steps,
-                                  guidance_scale=1.0))
+                                  guidance_scale=1.0, prediction=prediction))
   out = np.asarray(run(rng=jax.random.key(0)), np.float64).reshape(m, -1)
   # Whitened by the target, the samples should be N(0, I).
   white = (out - mean) @ np.linalg.inv(np.linalg.cholesky(cov)).T

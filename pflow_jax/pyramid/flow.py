@@ -97,6 +97,40 @@ def stage_endpoints(latent_pyramid: Sequence[jax.Array], noise_pyramid: Sequence
   return start, end
 
 
+PREDICTIONS = ('velocity', 'clean')
+# The noise estimate of the 'clean' parameterisation divides by the noise level of
+# x; near the clean end of the last stage that level goes to 0, so it is floored.
+MIN_NOISE_LEVEL = 0.025
+
+
+def velocity_from_prediction(out: jax.Array, x: jax.Array, r: jax.Array,
+                             schedule: PyramidSchedule, stage: int, prediction: str) -> jax.Array:
+  """The stage's velocity `start - end` from the model output `out` at x on ratio r.
+
+  prediction 'velocity' (official): out is the velocity. 'clean': out is the
+  clean latent z at the stage's resolution. On stage k the path is
+  x = r * start + (1 - r) * end with start = s n + (1 - s) up(down(z)) (s = 1,
+  no coarse term, on stage 0) and end = e n + (1 - e) z, so x carries the
+  noise n with weight sigma = r s + (1 - r) e; given z, n = (x - r (1 - s)
+  up(down(z)) - (1 - r)(1 - e) z) / sigma, and the velocity is
+  (s - e) n + (1 - s) up(down(z)) - (1 - e) z. The noise in the velocity is
+  then read off x itself rather than reproduced by the network, so a step
+  removes whatever noise x holds (for the last stage: v = (x - z) / r).
+  r: float32, broadcastable to x ([b, 1, 1, 1, 1] or a scalar).
+  """
+  if prediction == 'velocity':
+    return out.astype(jnp.float32)
+  if prediction != 'clean':
+    raise ValueError(f'prediction must be one of {PREDICTIONS}, got {prediction!r}')
+  s = float(schedule.start_sigmas[stage])
+  e = float(schedule.end_sigmas[stage])
+  z = out.astype(jnp.float32)
+  coarse = (1.0 - s) * upsample2x(downsample2x(z)) if stage > 0 else jnp.zeros_like(z)
+  sigma = jnp.maximum(r * s + (1.0 - r) * e, MIN_NOISE_LEVEL)
+  noise = (x - r * coarse - (1.0 - r) * (1.0 - e) * z) / sigma
+  return (s - e) * noise + coarse - (1.0 - e) * z
+
+
 def sample_timestep_indices(rng: jax.Array, batch: int, num_train_timesteps: int) -> jax.Array:
   """int32 [batch] indices into a stage's tables: u ~ U(0, 1), clamp(floor(u * N))."""
   u = jax.random.uniform(rng, (batch,), jnp.float32)
@@ -129,8 +163,8 @@ def _columns(x: jax.Array, num_columns: int, first: int, count: int) -> jax.Arra
 
 
 def pyramid_flow_loss(velocity_fn: VelocityFn, latents: jax.Array, cond: Any, rng: jax.Array,
-                      schedule: PyramidSchedule,
-                      sample_ratios: Sequence[int]) -> tuple[jax.Array, dict[str, jax.Array]]:
+                      schedule: PyramidSchedule, sample_ratios: Sequence[int],
+                      prediction: str = 'velocity') -> tuple[jax.Array, dict[str, jax.Array]]:
   """The official pyramid flow-matching loss; (loss, {'loss_per_stage': [K]}).
 
   Sample j of the batch goes to column j % sum(sample_ratios); the columns map
@@ -139,6 +173,8 @@ def pyramid_flow_loss(velocity_fn: VelocityFn, latents: jax.Array, cond: Any, rn
   velocity_fn call on all its samples (cond sliced the same way). The loss is
   the per-sample mean squared error against `start - end`, averaged over the
   batch, in float32. With stages=1 it is full-resolution rectified flow.
+  prediction: what velocity_fn outputs ('velocity' or 'clean', see
+  velocity_from_prediction); the loss is on the velocity either way.
   """
   k = schedule.stages
   check_resolution(latents.shape, k)
@@ -166,10 +202,11 @@ def pyramid_flow_loss(velocity_fn: VelocityFn, latents: jax.Array, cond: Any, rn
     timesteps = jnp.asarray(schedule.stage_timesteps[stage])[idx]
     r = jnp.asarray(schedule.stage_ratios[stage])[idx][:, None, None, None, None]
     x = r * start + (1.0 - r) * end
-    v = velocity_fn(x, timesteps, jax.tree.map(take, cond))
-    if v.shape != x.shape:
-      raise ValueError(f'velocity_fn returned shape {v.shape} for input shape {x.shape}')
-    err = jnp.square(v.astype(jnp.float32) - (start - end))
+    out = velocity_fn(x, timesteps, jax.tree.map(take, cond))
+    if out.shape != x.shape:
+      raise ValueError(f'velocity_fn returned shape {out.shape} for input shape {x.shape}')
+    v = velocity_from_prediction(out, x, r, schedule, stage, prediction)
+    err = jnp.square(v - (start - end))
     per_sample = err.reshape(err.shape[0], -1).mean(axis=1)
     total = total + per_sample.sum()
     per_stage.append(per_sample.mean())
@@ -185,7 +222,8 @@ UnitVelocityFn = Callable[..., jax.Array]
 def temporal_pyramid_flow_loss(unit_velocity_fn: UnitVelocityFn, latents: jax.Array, cond: Any,
                                rng: jax.Array, schedule: PyramidSchedule,
                                sample_ratios: Sequence[int], units: jax.Array,
-                               plans: Sequence[Any], corrupt_ratio: float = 1 / 3
+                               plans: Sequence[Any], corrupt_ratio: float = 1 / 3,
+                               prediction: str = 'velocity'
                                ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The official autoregressive loss with the temporal pyramid (frame_per_unit 1).
 
@@ -235,10 +273,11 @@ def temporal_pyramid_flow_loss(unit_velocity_fn: UnitVelocityFn, latents: jax.Ar
     history = [levels[level][:, :plan.max_history] for level in plan.levels]
     if plan.max_history:
       history = temporal.corrupt_history(history, corrupt_rngs[stage], corrupt_ratio)[0]
-    v = unit_velocity_fn(x, history, num_history, plan, timesteps, jax.tree.map(take, cond))
-    if v.shape != x.shape:
-      raise ValueError(f'unit_velocity_fn returned shape {v.shape} for a target of {x.shape}')
-    err = jnp.square(v.astype(jnp.float32) - target)
+    out = unit_velocity_fn(x, history, num_history, plan, timesteps, jax.tree.map(take, cond))
+    if out.shape != x.shape:
+      raise ValueError(f'unit_velocity_fn returned shape {out.shape} for a target of {x.shape}')
+    v = velocity_from_prediction(out, x, r, schedule, stage, prediction)
+    err = jnp.square(v - target)
     per_sample = err.reshape(b, -1).mean(axis=1)
     total = total + per_sample.sum()
     per_stage.append(per_sample.mean())

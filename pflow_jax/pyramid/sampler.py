@@ -49,7 +49,7 @@ def stage_jump(x: jax.Array, rng: jax.Array, schedule: PyramidSchedule,
 
 def sample(velocity_fn: flow.VelocityFn, cond: Any, uncond: Any, rng: jax.Array,
            schedule: PyramidSchedule, shape: tuple[int, ...], steps_per_stage: Sequence[int],
-           guidance_scale: float) -> jax.Array:
+           guidance_scale: float, prediction: str = 'velocity') -> jax.Array:
   """Float32 latents of full-resolution `shape` [B, T, H, W, C] from noise.
 
   The initial noise is drawn at full resolution and taken down the noise
@@ -57,7 +57,9 @@ def sample(velocity_fn: flow.VelocityFn, cond: Any, uncond: Any, rng: jax.Array,
   the lowest resolution. Guidance (when uncond is given and the Python float
   guidance_scale is not 1) runs velocity_fn once per step on the batch
   [uncond; cond] and combines v_u + w (v_c - v_u). Steps inside a stage are a
-  fori_loop, so compile time does not grow with the step count.
+  fori_loop, so compile time does not grow with the step count. prediction:
+  what velocity_fn outputs (flow.velocity_from_prediction); guidance combines
+  the velocities.
   """
   k = schedule.stages
   flow.check_resolution(shape, k)
@@ -67,12 +69,12 @@ def sample(velocity_fn: flow.VelocityFn, cond: Any, uncond: Any, rng: jax.Array,
   guided = uncond is not None and guidance_scale != 1.0
   model_cond = jax.tree.map(lambda u, c: jnp.concatenate([u, c]), uncond, cond) if guided else cond
 
-  def velocity(x: jax.Array, t: jax.Array) -> jax.Array:
+  def velocity(x: jax.Array, t: jax.Array, r: jax.Array, stage: int) -> jax.Array:
     x_in = jnp.concatenate([x, x]) if guided else x
-    v = velocity_fn(x_in, jnp.full((x_in.shape[0],), t, jnp.float32), model_cond)
-    if v.shape != x_in.shape:
-      raise ValueError(f'velocity_fn returned shape {v.shape} for input shape {x_in.shape}')
-    v = v.astype(jnp.float32)
+    out = velocity_fn(x_in, jnp.full((x_in.shape[0],), t, jnp.float32), model_cond)
+    if out.shape != x_in.shape:
+      raise ValueError(f'velocity_fn returned shape {out.shape} for input shape {x_in.shape}')
+    v = flow.velocity_from_prediction(out, x_in, r, schedule, stage, prediction)
     if guided:
       v_uncond, v_cond = jnp.split(v, 2)
       v = v_uncond + guidance_scale * (v_cond - v_uncond)
@@ -87,8 +89,8 @@ def sample(velocity_fn: flow.VelocityFn, cond: Any, uncond: Any, rng: jax.Array,
     timesteps, ratios = inference_schedule(schedule, stage, steps[stage])
     timesteps, ratios = jnp.asarray(timesteps), jnp.asarray(ratios)
 
-    def euler(j, x, timesteps=timesteps, ratios=ratios):
-      return x + (ratios[j + 1] - ratios[j]) * velocity(x, timesteps[j])
+    def euler(j, x, timesteps=timesteps, ratios=ratios, stage=stage):
+      return x + (ratios[j + 1] - ratios[j]) * velocity(x, timesteps[j], ratios[j], stage)
 
     x = jax.lax.fori_loop(0, steps[stage], euler, x)
   return x
@@ -107,7 +109,7 @@ class UnitModel(Protocol):
 def sample_unit(model: UnitModel, cond: Any, uncond: Any, rng: jax.Array,
                 schedule: PyramidSchedule, frames: jax.Array, unit: jax.Array,
                 plans: Sequence[Any], steps_per_stage: Sequence[int], guidance_scale: float,
-                use_cache: bool) -> jax.Array:
+                use_cache: bool, prediction: str = 'velocity') -> jax.Array:
   """Latent frame `unit` [B, 1, H, W, C] generated through all pyramid stages.
 
   frames [B, T, H, W, C] holds the clean frames generated (or given) so far;
@@ -118,7 +120,8 @@ def sample_unit(model: UnitModel, cond: Any, uncond: Any, rng: jax.Array,
   resolution) and takes its Euler steps; with guidance the model runs on the
   batch [uncond; cond] and combines v_u + w (v_c - v_u). use_cache computes the
   history's keys/values once per stage (exact with 'clean' history
-  conditioning) instead of at every step.
+  conditioning) instead of at every step. prediction: what the model outputs
+  (flow.velocity_from_prediction).
   """
   k = schedule.stages
   steps = tuple(steps_per_stage)
@@ -149,14 +152,14 @@ def sample_unit(model: UnitModel, cond: Any, uncond: Any, rng: jax.Array,
       cache = model.unit_history_cache((x.shape[0] * (2 if guided else 1),) + x.shape[1:],
                                        history, num_history, plan, model_cond)
 
-    def velocity(x, t, plan=plan, history=history):
+    def velocity(x, t, r, plan=plan, history=history, stage=stage):
       x_in = double(x)
       t_in = jnp.full((x_in.shape[0],), t, jnp.float32)
       if use_cache:
-        v = model.unit_velocity_cached(x_in, cache, t_in, model_cond)
+        out = model.unit_velocity_cached(x_in, cache, t_in, model_cond)
       else:
-        v = model.unit_velocity(x_in, history, num_history, plan, t_in, model_cond)
-      v = v.astype(jnp.float32)
+        out = model.unit_velocity(x_in, history, num_history, plan, t_in, model_cond)
+      v = flow.velocity_from_prediction(out, x_in, r, schedule, stage, prediction)
       if guided:
         v_uncond, v_cond = jnp.split(v, 2)
         v = v_uncond + guidance_scale * (v_cond - v_uncond)
@@ -166,7 +169,7 @@ def sample_unit(model: UnitModel, cond: Any, uncond: Any, rng: jax.Array,
     timesteps, ratios = jnp.asarray(timesteps), jnp.asarray(ratios)
 
     def euler(j, x, timesteps=timesteps, ratios=ratios, velocity=velocity):
-      return x + (ratios[j + 1] - ratios[j]) * velocity(x, timesteps[j])
+      return x + (ratios[j + 1] - ratios[j]) * velocity(x, timesteps[j], ratios[j])
 
     x = jax.lax.fori_loop(0, steps[stage], euler, x)
   return x

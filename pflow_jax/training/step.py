@@ -51,10 +51,10 @@ def make_loss_fn(config: ml_collections.ConfigDict,
                                drop_prob=config.pyramid.text_dropout)
       if plans is None:
         return flow.pyramid_flow_loss(model.velocity, latents, text, flow_rng, schedule,
-                                      sample_ratios)
+                                      sample_ratios, config.pyramid.prediction)
       return flow.temporal_pyramid_flow_loss(
           model.unit_velocity, latents, text, flow_rng, schedule, sample_ratios, units, plans,
-          config.temporal.corrupt_ratio)
+          config.temporal.corrupt_ratio, config.pyramid.prediction)
 
   return loss_fn
 
