@@ -11,6 +11,9 @@ every report: the real test clips themselves (the ceiling; their Frechet
 distance is between two disjoint halves of the test split), uniform noise (the
 floor) and, as a memorisation check, each clip's RMS pixel distance to its
 nearest training clip (generated against real test clips).
+The report also says whether the model uses its prompt (eval/conditioning.py):
+its training loss per pyramid stage on those test clips with their own captions,
+shuffled captions and the empty caption.
 Writes <workdir>/eval/<step>[_<task>].json and a PNG of the first 16 samples
 with their verdicts; both are written only when everything has been scored.
 
@@ -40,6 +43,7 @@ from tqdm import tqdm
 
 from pflow_jax import cli, config as config_lib, inference, restore
 from pflow_jax.data import datasets, video_io
+from pflow_jax.eval import conditioning
 from pflow_jax.eval import digits as digits_lib
 from pflow_jax.eval import frechet, i3d
 from pflow_jax.eval import grid as grid_lib
@@ -270,6 +274,16 @@ def read_video_folder(directory: str, frame_shape: tuple[int, ...]) -> tuple[np.
   return np.stack(videos), captions
 
 
+def caption_ablation(config: ml_collections.ConfigDict, workdir: str, step: int,
+                     videos: np.ndarray, captions: list[str]) -> dict[str, list[float]]:
+  """Per-stage training loss on the test clips with own, shuffled and empty captions."""
+  graphdef, params, _ = restore.load_params(config, workdir, step)
+  columns = sum(config.pyramid.sample_ratios)
+  return conditioning.caption_ablation(
+      config, graphdef, params, latent_codec.make_codec(config.latent), videos,
+      inference.tokenize_prompts(config, captions), batch_size=columns * max(1, 48 // columns))
+
+
 def checkpoint_steps(workdir: str) -> list[int]:
   """Committed checkpoint steps of a workdir (orbax's step folders), read without orbax."""
   directory = os.path.join(workdir, 'checkpoints')
@@ -321,7 +335,8 @@ def main(argv):
                             num_frames=_NUM_FRAMES.value)
     report, scores = evaluate(config, videos, captions, scorer, given, with_fvd)
     report.update(step=step, task=_TASK.value, seed=_SEED.value,
-                  sample=config.sample.to_dict())
+                  sample=config.sample.to_dict(),
+                  conditioning=caption_ablation(config, workdir, step, test[:n], captions))
     os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
     suffix = '' if _TASK.value == 't2v' and not _NUM_FRAMES.value else (
         f'_{_TASK.value}{_NUM_FRAMES.value or ""}')
@@ -332,6 +347,10 @@ def main(argv):
   for name, row in report['rows'].items():
     print(f'{name:16s} ' + '  '.join(f'{k} {v:.3f}' if isinstance(v, float) else f'{k} {v}'
                                      for k, v in row.items() if k != 'note'))
+  if 'conditioning' in report:
+    print('loss per stage   ' + '  '.join(
+        f'{name} [{", ".join(f"{v:.4f}" for v in report["conditioning"][name])}]'
+        for name in (*conditioning.CAPTION_SETS, 'text_gain')))
   print(f'wrote {out}.json and {out}.png')
 
 

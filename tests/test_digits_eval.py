@@ -130,6 +130,10 @@ def test_evaluate_writes_the_report_and_grid(tiny_workdir):
   assert rows['uniform_noise']['prompt_accuracy'] < 0.1
   assert rows['real_test_clips']['frechet_distance'] < rows['uniform_noise']['frechet_distance']
   assert os.path.getsize(os.path.join(tiny_workdir, 'eval', '2.png')) > 0
+  ablation = report['conditioning']
+  assert set(ablation) == {'own', 'shuffled', 'empty', 'text_gain'}
+  assert all(len(v) == 3 and np.all(np.isfinite(v)) for v in ablation.values())
+  assert min(ablation['own']) > 0 and 'text_gain' in out
 
 
 def test_evaluate_scores_a_folder_of_videos_like_the_real_clips(tiny_workdir, data_dir,
