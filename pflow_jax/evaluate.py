@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 from tqdm import tqdm
 
 from pflow_jax import cli, config as config_lib, inference, restore
@@ -96,11 +97,10 @@ def nearest_train_distance(videos: np.ndarray, train: np.ndarray) -> np.ndarray:
   return np.sqrt(np.maximum(np.asarray(sq.min(axis=1)), 0.0) / a.shape[1])
 
 
-def generate(config: ml_collections.ConfigDict, workdir: str, captions: list[str], *,
-             step: int | None, seed: int, batch_size: int, first_frames: np.ndarray | None,
-             num_frames: int | None) -> tuple[np.ndarray, int]:
-  """uint8 videos [N, T, H, W, C] for the captions, batch by batch; (videos, checkpoint step)."""
-  graphdef, params, step = restore.load_params(config, workdir, step)
+def generate(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, params: nnx.State,
+             captions: list[str], *, seed: int, batch_size: int,
+             first_frames: np.ndarray | None, num_frames: int | None) -> np.ndarray:
+  """uint8 videos [N, T, H, W, C] for the captions, batch by batch."""
   codec = latent_codec.make_codec(config.latent)
   n = len(captions)
   batch_size = min(batch_size, n)
@@ -138,7 +138,7 @@ def generate(config: ml_collections.ConfigDict, workdir: str, captions: list[str
     else:
       videos = inference.to_uint8(generate_batch(params, batch_tokens, rng))
     out.append(videos)
-  return np.concatenate(out)[:n], step
+  return np.concatenate(out)[:n]
 
 
 def evaluate(config: ml_collections.ConfigDict, videos: np.ndarray, captions: list[str],
@@ -274,10 +274,10 @@ def read_video_folder(directory: str, frame_shape: tuple[int, ...]) -> tuple[np.
   return np.stack(videos), captions
 
 
-def caption_ablation(config: ml_collections.ConfigDict, workdir: str, step: int,
-                     videos: np.ndarray, captions: list[str]) -> dict[str, list[float]]:
+def caption_ablation(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
+                     params: nnx.State, videos: np.ndarray,
+                     captions: list[str]) -> dict[str, list[float]]:
   """Per-stage training loss on the test clips with own, shuffled and empty captions."""
-  graphdef, params, _ = restore.load_params(config, workdir, step)
   columns = sum(config.pyramid.sample_ratios)
   return conditioning.caption_ablation(
       config, graphdef, params, latent_codec.make_codec(config.latent), videos,
@@ -330,13 +330,13 @@ def main(argv):
       raise ValueError(f'--num_samples {n} exceeds the {len(test)} test clips')
     captions = captions[:n]
     given = test[:n, :1] if _TASK.value == 'i2v' else None
-    videos, step = generate(config, workdir, captions, step=_STEP.value, seed=_SEED.value,
-                            batch_size=_BATCH.value, first_frames=given,
-                            num_frames=_NUM_FRAMES.value)
+    graphdef, params, step = restore.load_params(config, workdir, _STEP.value)
+    videos = generate(config, graphdef, params, captions, seed=_SEED.value,
+                      batch_size=_BATCH.value, first_frames=given, num_frames=_NUM_FRAMES.value)
     report, scores = evaluate(config, videos, captions, scorer, given, with_fvd)
     report.update(step=step, task=_TASK.value, seed=_SEED.value,
                   sample=config.sample.to_dict(),
-                  conditioning=caption_ablation(config, workdir, step, test[:n], captions))
+                  conditioning=caption_ablation(config, graphdef, params, test[:n], captions))
     os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
     suffix = '' if _TASK.value == 't2v' and not _NUM_FRAMES.value else (
         f'_{_TASK.value}{_NUM_FRAMES.value or ""}')
