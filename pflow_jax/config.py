@@ -187,6 +187,7 @@ def base_config() -> ml_collections.ConfigDict:
                                    # is better served by less (sample --guidance_scale)
       video_steps_per_stage=(10, 10, 10),  # later frames (official demo defaults)
       video_guidance_scale=5.0,
+      renoise=True,                # corrective block noise at stage jumps (False: ablation)
       history_window=-1,           # history units kept when sampling; -1: as in training
       cache_history=True,          # reuse history keys/values (model.history_conditioning 'clean')
       prompts=('a 3 moving left', 'a 7 moving down', 'a 0 moving right and a 1 moving up',

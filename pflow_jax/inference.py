@@ -47,7 +47,8 @@ def make_generate_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
       cond = model.encode_text({'tokens': tokens})
       uncond = model.encode_text({'tokens': jnp.zeros_like(tokens)})
       latents = sampler.sample(model.velocity, cond, uncond, rng, schedule, shape, steps,
-                               guidance_scale, config.pyramid.prediction)
+                               guidance_scale, config.pyramid.prediction,
+                               renoise=config.sample.renoise)
       return codec.decode(latents)
 
   return lambda params, tokens, rng: generate(params, codec, tokens, rng)
@@ -121,7 +122,7 @@ class VideoGenerator:
             sample.steps_per_stage if first else sample.video_steps_per_stage,
             sample.guidance_scale if first else sample.video_guidance_scale,
             use_cache=self.cache and history > 0,  # text sees frame 0: no cache there
-            prediction=config.pyramid.prediction)
+            prediction=config.pyramid.prediction, renoise=sample.renoise)
       return jax.lax.dynamic_update_slice_in_dim(frames, x.astype(frames.dtype), unit, axis=1)
 
     self._unit_step = unit_step

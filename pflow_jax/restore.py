@@ -14,8 +14,10 @@ def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigD
   """The validated config saved with a workdir's checkpoint `step` (default: the latest)."""
   config = checkpoint.load_workdir_config(workdir, step)
   if 'prediction' not in config.pyramid:
-    # Saved before the option existed: those models predict the velocity.
+    # Saved before these options existed: the official velocity and renoising jump.
     config.pyramid.prediction = 'velocity'
+  if 'renoise' not in config.sample:
+    config.sample.renoise = True
   config_lib.validate(config)
   return config
 

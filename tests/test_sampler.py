@@ -168,6 +168,26 @@ def affine_velocity(x, t, cond, record):
                                                                                   None, None]
 
 
+def test_sampler_without_renoise_starts_each_stage_at_the_upsampled_end():
+  """renoise=False (the paper's ablation): no corrective noise, nor its rescale, at the jumps."""
+  s = schedule_lib.make_schedule(3)
+  shape = (3, 2, 8, 8, 2)
+  rng = jax.random.key(4)
+  x = jax.random.normal(jax.random.key(1), (3, 2, 4, 4, 2))
+  np.testing.assert_array_equal(sampler.stage_jump(x, rng, s, 1, renoise=False),
+                                flow.upsample2x(x))
+  assert not np.allclose(sampler.stage_jump(x, rng, s, 1), flow.upsample2x(x), atol=0.1)
+  # With a zero velocity each stage keeps its start: the output is stage 0's noise, upsampled
+  # twice, where the renoising sampler adds fresh noise at both jumps.
+  zero = lambda x, t, cond: jnp.zeros_like(x)
+  outs = {r: sampler.sample(zero, None, None, rng, s, shape, (2, 2, 2), 1.0, renoise=r)
+          for r in (False, True)}
+  noise_rng, _ = jax.random.split(rng)
+  start = flow.noise_pyramid(jax.random.normal(noise_rng, shape, jnp.float32), 3)[0]
+  np.testing.assert_allclose(outs[False], flow.upsample2x(flow.upsample2x(start)), atol=1e-6)
+  assert np.abs(np.asarray(outs[True] - outs[False])).mean() > 0.1
+
+
 def test_classifier_free_guidance_combines_velocities():
   s = schedule_lib.make_schedule(2)
   shape, steps = (3, 2, 4, 4, 2), (4, 3)

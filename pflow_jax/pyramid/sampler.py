@@ -40,16 +40,23 @@ def block_noise(rng: jax.Array, shape: Sequence[int], gamma: float) -> jax.Array
 
 
 def stage_jump(x: jax.Array, rng: jax.Array, schedule: PyramidSchedule,
-               next_stage: int) -> jax.Array:
-  """Carries the end of stage next_stage-1 to the start of next_stage (2x resolution)."""
-  alpha, beta = jump_coefficients(schedule, next_stage)
+               next_stage: int, renoise: bool = True) -> jax.Array:
+  """Carries the end of stage next_stage-1 to the start of next_stage (2x resolution).
+
+  renoise False is the paper's ablation without the corrective noise: the
+  next stage starts from the plain upsampled end.
+  """
   up = flow.upsample2x(x.astype(jnp.float32))
+  if not renoise:
+    return up
+  alpha, beta = jump_coefficients(schedule, next_stage)
   return alpha * up + beta * block_noise(rng, up.shape, schedule.gamma)
 
 
 def sample(velocity_fn: flow.VelocityFn, cond: Any, uncond: Any, rng: jax.Array,
            schedule: PyramidSchedule, shape: tuple[int, ...], steps_per_stage: Sequence[int],
-           guidance_scale: float, prediction: str = 'velocity') -> jax.Array:
+           guidance_scale: float, prediction: str = 'velocity',
+           renoise: bool = True) -> jax.Array:
   """Float32 latents of full-resolution `shape` [B, T, H, W, C] from noise.
 
   The initial noise is drawn at full resolution and taken down the noise
@@ -59,7 +66,7 @@ def sample(velocity_fn: flow.VelocityFn, cond: Any, uncond: Any, rng: jax.Array,
   [uncond; cond] and combines v_u + w (v_c - v_u). Steps inside a stage are a
   fori_loop, so compile time does not grow with the step count. prediction:
   what velocity_fn outputs (flow.velocity_from_prediction); guidance combines
-  the velocities.
+  the velocities. renoise: add the corrective noise at stage jumps (stage_jump).
   """
   k = schedule.stages
   flow.check_resolution(shape, k)
@@ -85,7 +92,7 @@ def sample(velocity_fn: flow.VelocityFn, cond: Any, uncond: Any, rng: jax.Array,
   jump_rngs = jax.random.split(jump_rng, max(k - 1, 1))
   for stage in range(k):
     if stage > 0:
-      x = stage_jump(x, jump_rngs[stage - 1], schedule, stage)
+      x = stage_jump(x, jump_rngs[stage - 1], schedule, stage, renoise)
     timesteps, ratios = inference_schedule(schedule, stage, steps[stage])
     timesteps, ratios = jnp.asarray(timesteps), jnp.asarray(ratios)
 
@@ -109,7 +116,8 @@ class UnitModel(Protocol):
 def sample_unit(model: UnitModel, cond: Any, uncond: Any, rng: jax.Array,
                 schedule: PyramidSchedule, frames: jax.Array, unit: jax.Array,
                 plans: Sequence[Any], steps_per_stage: Sequence[int], guidance_scale: float,
-                use_cache: bool, prediction: str = 'velocity') -> jax.Array:
+                use_cache: bool, prediction: str = 'velocity',
+                renoise: bool = True) -> jax.Array:
   """Latent frame `unit` [B, 1, H, W, C] generated through all pyramid stages.
 
   frames [B, T, H, W, C] holds the clean frames generated (or given) so far;
@@ -121,7 +129,7 @@ def sample_unit(model: UnitModel, cond: Any, uncond: Any, rng: jax.Array,
   batch [uncond; cond] and combines v_u + w (v_c - v_u). use_cache computes the
   history's keys/values once per stage (exact with 'clean' history
   conditioning) instead of at every step. prediction: what the model outputs
-  (flow.velocity_from_prediction).
+  (flow.velocity_from_prediction). renoise: as in `sample`.
   """
   k = schedule.stages
   steps = tuple(steps_per_stage)
@@ -146,7 +154,7 @@ def sample_unit(model: UnitModel, cond: Any, uncond: Any, rng: jax.Array,
   for stage in range(k):
     plan = plans[stage]
     if stage > 0:
-      x = stage_jump(x, jax.random.fold_in(jump_rng, stage), schedule, stage)
+      x = stage_jump(x, jax.random.fold_in(jump_rng, stage), schedule, stage, renoise)
     history = [double(bank_levels[level]) for level in plan.levels] if window else []
     if use_cache:
       cache = model.unit_history_cache((x.shape[0] * (2 if guided else 1),) + x.shape[1:],
