@@ -14,8 +14,12 @@ nearest training clip (generated against real test clips).
 The report also says whether the model uses its prompt (eval/conditioning.py):
 its training loss per pyramid stage on those test clips with their own captions,
 shuffled captions and the empty caption.
-Writes <workdir>/eval/<step>[_<task>].json and a PNG of the first 16 samples
-with their verdicts; both are written only when everything has been scored.
+Writes <workdir>/eval/<name>.json and a PNG of the first 16 samples with their
+verdicts, both only when everything has been scored; <name> is the checkpoint
+step plus each setting given that differs from the config's (e.g.
+2400_steps10-10-10_norenoise), so other sampling settings never overwrite a
+report. The report holds the training FLOPs to that step and the sampling
+FLOPs per clip (training/flops.py).
 
 --videos=DIR scores DIR/captions.jsonl ({"file": ..., "caption": ...} per line;
 the files are .mp4, .gif or .npy uint8 [T, H, W(, C)]) instead of sampling; the
@@ -48,6 +52,7 @@ from pflow_jax.eval import conditioning
 from pflow_jax.eval import digits as digits_lib
 from pflow_jax.eval import frechet, i3d
 from pflow_jax.eval import grid as grid_lib
+from pflow_jax.eval import reports
 from pflow_jax.models import latent_codec
 from pflow_jax.training import checkpoint
 
@@ -63,6 +68,8 @@ _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 _GUIDANCE = flags.DEFINE_float('guidance_scale', None, 'CFG scale (default: the config\'s).')
 _STEPS = flags.DEFINE_list('steps_per_stage', None, 'Euler steps per stage (default: config).')
+_RENOISE = flags.DEFINE_bool('renoise', None, 'Corrective noise at stage jumps (default: the '
+                             'config\'s; --norenoise is the paper\'s ablation).')
 _SCORER_DIR = flags.DEFINE_string('scorer_dir', None, 'Root of the digit-scorer cache '
                                   '(default: the config\'s data.data_dir).')
 _SCORER_STEPS = flags.DEFINE_integer('scorer_steps', None, 'Train the digit scorer for this many '
@@ -284,14 +291,6 @@ def caption_ablation(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
       inference.tokenize_prompts(config, captions), batch_size=columns * max(1, 48 // columns))
 
 
-def checkpoint_steps(workdir: str) -> list[int]:
-  """Committed checkpoint steps of a workdir (orbax's step folders), read without orbax."""
-  directory = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
-
-
 def main(argv):
   del argv
   workdir = _WORKDIR.value
@@ -301,6 +300,8 @@ def main(argv):
       config.sample.guidance_scale = _GUIDANCE.value
     if _STEPS.value is not None:
       config.sample.steps_per_stage = tuple(int(s) for s in _STEPS.value)
+    if _RENOISE.value is not None:
+      config.sample.renoise = _RENOISE.value
   config_lib.validate(config)
   n = _NUM_SAMPLES.value
   unknown = sorted(set(_METRICS.value) - set(METRICS))
@@ -313,7 +314,7 @@ def main(argv):
     raise ValueError(f'--num_samples {n}: the Frechet distance needs at least '
                      f'{digits_lib.MIN_FRECHET_SAMPLES} clips')
   if not _VIDEOS.value:
-    steps = checkpoint_steps(workdir)
+    steps = checkpoint.checkpoint_steps(workdir)
     if not steps or (_STEP.value is not None and _STEP.value not in steps):
       raise FileNotFoundError(f'no checkpoint {_STEP.value or ""} in {workdir}/checkpoints '
                               f'(have {steps})')
@@ -335,12 +336,12 @@ def main(argv):
                       batch_size=_BATCH.value, first_frames=given, num_frames=_NUM_FRAMES.value)
     report, scores = evaluate(config, videos, captions, scorer, given, with_fvd)
     report.update(step=step, task=_TASK.value, seed=_SEED.value,
-                  sample=config.sample.to_dict(),
+                  sample=config.sample.to_dict(), compute=reports.compute_of(config, step),
                   conditioning=caption_ablation(config, graphdef, params, test[:n], captions))
     os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
-    suffix = '' if _TASK.value == 't2v' and not _NUM_FRAMES.value else (
-        f'_{_TASK.value}{_NUM_FRAMES.value or ""}')
-    out = os.path.join(workdir, 'eval', f'{step}{suffix}')
+    out = os.path.join(workdir, 'eval', reports.report_name(
+        step, _TASK.value, _NUM_FRAMES.value, _STEPS.value and config.sample.steps_per_stage,
+        _GUIDANCE.value, _RENOISE.value, _SEED.value))
   grid_lib.write_scored_grid(out + '.png', videos[:GRID_ROWS],
                              _labels(captions[:GRID_ROWS], scores))
   _write_json(out + '.json', report)

@@ -134,6 +134,29 @@ def test_evaluate_writes_the_report_and_grid(tiny_workdir):
   assert set(ablation) == {'own', 'shuffled', 'empty', 'text_gain'}
   assert all(len(v) == 3 and np.all(np.isfinite(v)) for v in ablation.values())
   assert min(ablation['own']) > 0 and 'text_gain' in out
+  assert report['compute']['train_flops'] > 0
+
+
+def test_evaluate_with_other_sampling_settings_writes_beside_the_default_report(tiny_workdir):
+  """A sampling-compute sweep of one checkpoint keeps every report (none overwritten)."""
+  args = (f'--workdir={tiny_workdir}', f'--num_samples={N}', '--batch_size=32',
+          f'--scorer_steps={SHORT_STEPS}')
+  code, out = run('pflow_jax.evaluate', *args)
+  assert code == 0, out
+  default = os.path.join(tiny_workdir, 'eval', '2.json')
+  before = open(default).read()
+  code, out = run('pflow_jax.evaluate', *args, '--steps_per_stage=1,1,1', '--norenoise')
+  assert code == 0, out
+  assert open(default).read() == before
+  with open(os.path.join(tiny_workdir, 'eval', '2_steps1-1-1_norenoise.json')) as f:
+    ablated = json.load(f)
+  reference = json.loads(before)
+  assert ablated['sample']['renoise'] is False and reference['sample']['renoise'] is True
+  assert ablated['compute']['train_flops'] == reference['compute']['train_flops']
+  # Sampling FLOPs are linear in the Euler steps: the tiny config samples with 2 per stage.
+  assert reference['sample']['steps_per_stage'] == [2, 2, 2]
+  np.testing.assert_allclose(ablated['compute']['sample_flops_per_clip'],
+                             reference['compute']['sample_flops_per_clip'] / 2, rtol=1e-9)
 
 
 def test_evaluate_scores_a_folder_of_videos_like_the_real_clips(tiny_workdir, data_dir,

@@ -177,3 +177,11 @@ def load_workdir_config(workdir: str, step: int | None = None) -> ml_collections
   config.rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
                        for name, axes in config.rules)
   return config
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Committed checkpoint steps of a workdir (orbax's step folders), read without orbax."""
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())

@@ -1,0 +1,37 @@
+"""Evaluation report names and the compute each report stands for.
+
+Shared by `python -m pflow_jax.evaluate` (which writes the reports) and
+launch/sweep.py (which finds them, to skip finished evaluations).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from pflow_jax.training import flops
+
+
+def report_name(step: int, task: str, num_frames: int | None, steps_per_stage, guidance,
+                renoise: bool | None, seed: int) -> str:
+  """'<step>' plus one part per setting that differs from the config's, so that
+  evaluations of one checkpoint with other sampling settings never overwrite each other."""
+  parts = [str(step)]
+  if task != 't2v' or num_frames:
+    parts.append(f'{task}{num_frames or ""}')
+  if steps_per_stage:
+    parts.append('steps' + '-'.join(map(str, steps_per_stage)))
+  if guidance is not None:
+    parts.append(f'cfg{guidance:g}')
+  if renoise is not None:
+    parts.append('renoise' if renoise else 'norenoise')
+  if seed:
+    parts.append(f'seed{seed}')
+  return '_'.join(parts)
+
+
+def compute_of(config: ml_collections.ConfigDict, step: int) -> dict[str, float]:
+  """Analytic training FLOPs to `step` and sampling FLOPs per clip (training/flops.py)."""
+  guided = config.sample.guidance_scale != 1.0
+  return {'train_flops': step * flops.train_step_flops(config),
+          'sample_flops_per_clip': flops.sample_flops(config, config.sample.steps_per_stage,
+                                                      1, guided)}
