@@ -8,11 +8,12 @@ with overrides keyed by dotted config paths, e.g. add(**{'pyramid.stages': 1}).
 Each run gets its own workdir, named by the file's optional `name(overrides)`
 or after all its overrides.
 
---evaluate scores every checkpoint of each run after its training with
-`python -m pflow_jax.evaluate` (plus --eval_args), and the last checkpoint again
-with each flag list that the sweep file's optional `sampling(overrides)`
-returns. A report that already exists is not recomputed, so an interrupted
-study resumes where it stopped (training resumes from its checkpoint too).
+--evaluate adds, after each run's training, the commands that score every
+checkpoint with `python -m pflow_jax.evaluate` (plus --eval_args), and the last
+checkpoint again with each flag list that the sweep file's optional
+`sampling(overrides)` returns; --run runs them too. A report that already exists
+is not recomputed, so an interrupted study resumes where it stopped (training
+resumes from its checkpoint too).
 """
 
 import importlib.util
@@ -132,7 +133,8 @@ def main(argv):
           print(f'# {report} exists')
           continue
         print(shlex.join(eval_cmd), flush=True)
-        subprocess.run(eval_cmd, check=True)
+        if _RUN.value:
+          subprocess.run(eval_cmd, check=True)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,213 @@
+"""A sweep's evaluation reports, aggregated over seeds: tables, plots and the paper's claim.
+
+Reads the runs under a sweep's workdir (config.json, metrics.jsonl and the
+eval/*.json reports of `python -m pflow_jax.evaluate`); launch/study.py is the
+command line. Error bars and spreads are standard deviations over seeds (ddof=1).
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import json
+import os
+
+import numpy as np
+
+METRICS = ('prompt_accuracy', 'motion_accuracy', 'temporal_consistency', 'frechet_distance')
+COMPUTE = ('train_flops', 'sample_flops_per_clip', 'train_seconds')
+
+
+def training_seconds(run_dir: str, step: int) -> float:
+  """Wall time of training to `step` (compilation included, sampling excluded), from the
+  steps/s of each logged window in metrics.jsonl."""
+  seconds, last = 0.0, 0
+  with open(os.path.join(run_dir, 'metrics.jsonl')) as f:
+    for line in f:
+      record = json.loads(line)
+      if 'steps_per_sec' not in record or record['step'] > step:
+        continue
+      seconds += (record['step'] - last) / record['steps_per_sec']
+      last = record['step']
+  if last != step:
+    raise ValueError(f'{run_dir}/metrics.jsonl has no logged window ending at step {step}')
+  return seconds
+
+
+def load_reports(workdir: str) -> list[dict]:
+  """One record per evaluation report of every run under workdir."""
+  records = []
+  for config_path in sorted(glob.glob(os.path.join(workdir, '*', 'config.json'))):
+    run_dir = os.path.dirname(config_path)
+    with open(config_path) as f:
+      config = json.load(f)
+    for path in sorted(glob.glob(os.path.join(run_dir, 'eval', '*.json'))):
+      with open(path) as f:
+        report = json.load(f)
+      if 'compute' not in report:
+        raise ValueError(f'{path} predates the compute field: rerun its evaluation')
+      sample = report['sample']
+      generated = report['rows']['generated']
+      records.append({
+          'run': os.path.basename(run_dir), 'seed': config['seed'],
+          'stages': config['pyramid']['stages'], 'step': report['step'],
+          'task': report['task'], 'steps_per_stage': tuple(sample['steps_per_stage']),
+          'guidance_scale': sample['guidance_scale'], 'renoise': sample.get('renoise', True),
+          'num_samples': report['num_samples'],
+          **{m: generated[m] for m in METRICS},
+          **report['compute'],
+          'train_seconds': training_seconds(run_dir, report['step']),
+          'real_frechet_distance': report['rows']['real_test_clips']['frechet_distance'],
+      })
+  if not records:
+    raise FileNotFoundError(f'no evaluation reports under {workdir}/*/eval/')
+  return records
+
+
+def _stats(values: list[float]) -> dict:
+  values = [float(v) for v in values]
+  return {'mean': float(np.mean(values)),
+          'std': float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+          'values': values}
+
+
+def summarise(records: list[dict]) -> list[dict]:
+  """Groups records by setting; mean, std and values over seeds of each metric."""
+  groups = collections.defaultdict(list)
+  for r in records:
+    groups[(r['stages'], r['step'], r['task'], r['steps_per_stage'], r['guidance_scale'],
+            r['renoise'])].append(r)
+  rows = []
+  for key in sorted(groups):
+    members = sorted(groups[key], key=lambda r: r['seed'])
+    seeds = [r['seed'] for r in members]
+    if len(set(seeds)) != len(seeds):
+      raise ValueError(f'setting {key} has two reports for one seed: {seeds}')
+    stages, step, task, per_stage, guidance, renoise = key
+    rows.append({'stages': stages, 'step': step, 'task': task,
+                 'steps_per_stage': list(per_stage), 'guidance_scale': guidance,
+                 'renoise': renoise, 'seeds': seeds,
+                 **{m: _stats([r[m] for r in members]) for m in METRICS + COMPUTE},
+                 'real_frechet_distance': _stats([r['real_frechet_distance'] for r in members])})
+  return rows
+
+
+def _default_sampling(row: dict, rows: list[dict]) -> bool:
+  """Whether a row samples as its runs were configured (renoise on, most Euler steps)."""
+  most = max(sum(r['steps_per_stage']) for r in rows if r['stages'] == row['stages'])
+  return row['renoise'] and sum(row['steps_per_stage']) == most
+
+
+def claim(rows: list[dict]) -> list[dict]:
+  """The paper's efficiency claim, checked: the largest K at <= 0.5x the training FLOPs and
+  at <= 0.45x the sampling FLOPs of K = 1 (its last checkpoint, default sampling), each
+  against that K = 1 row."""
+  t2v = [r for r in rows if r['task'] == 't2v']
+  baselines = [r for r in t2v if r['stages'] == 1 and _default_sampling(r, rows)]
+  top = max(r['stages'] for r in t2v)
+  if not baselines or top == 1:
+    return []
+  base = max(baselines, key=lambda r: r['step'])
+  pyramid = [r for r in t2v if r['stages'] == top and r['renoise']]
+  last = max(r['step'] for r in pyramid)
+  candidates = {
+      'training': ([r for r in pyramid if _default_sampling(r, rows)], 'train_flops', 0.5),
+      'sampling': ([r for r in pyramid if r['step'] == last], 'sample_flops_per_clip', 0.45)}
+  result = []
+  for what, (chosen, key, bound) in candidates.items():
+    within = [r for r in chosen if r[key]['mean'] <= bound * base[key]['mean'] * (1 + 1e-3)]
+    if not within:
+      continue
+    best = max(within, key=lambda r: r[key]['mean'])  # the most compute within the bound
+    result.append({
+        'compute': what, 'bound': bound, 'ratio': best[key]['mean'] / base[key]['mean'],
+        'pyramid': {'stages': top, 'step': best['step'],
+                    'steps_per_stage': best['steps_per_stage']},
+        'baseline': {'stages': 1, 'step': base['step'], 'steps_per_stage': base['steps_per_stage']},
+        **{m: {'pyramid': best[m], 'baseline': base[m]} for m in METRICS}})
+  return result
+
+
+def markdown(rows: list[dict]) -> str:
+  def cell(stat, digits):
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+  lines = ['| K | step | Euler steps | renoise | seeds | train TFLOPs | train min | '
+           'sample GFLOPs/clip | prompt acc. | motion acc. | consistency | Frechet |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    lines.append(
+        f"| {r['stages']} | {r['step']} | {'+'.join(map(str, r['steps_per_stage']))} | "
+        f"{'on' if r['renoise'] else 'off'} | {len(r['seeds'])} | "
+        f"{r['train_flops']['mean'] / 1e12:.1f} | {r['train_seconds']['mean'] / 60:.1f} | "
+        f"{r['sample_flops_per_clip']['mean'] / 1e9:.2f} | {cell(r['prompt_accuracy'], 3)} | "
+        f"{cell(r['motion_accuracy'], 3)} | {cell(r['temporal_consistency'], 3)} | "
+        f"{cell(r['frechet_distance'], 1)} |")
+  return '\n'.join(lines) + '\n'
+
+
+def claim_markdown(checks: list[dict]) -> str:
+  lines = ['| K = 3 vs K = 1 at | compute ratio | metric | pyramid | full resolution |',
+           '|---|---|---|---|---|']
+  for c in checks:
+    for m in ('prompt_accuracy', 'motion_accuracy', 'frechet_distance'):
+      p, b = c[m]['pyramid'], c[m]['baseline']
+      digits = 1 if m == 'frechet_distance' else 3
+      lines.append(f"| {c['compute']} <= {c['bound']}x | {c['ratio']:.3f} | {m} | "
+                   f"{p['mean']:.{digits}f} ± {p['std']:.{digits}f} | "
+                   f"{b['mean']:.{digits}f} ± {b['std']:.{digits}f} |")
+  return '\n'.join(lines) + '\n'
+
+
+def plot(rows: list[dict], x_key: str, select, path: str, xlabel: str) -> None:
+  """Frechet distance and the two accuracies against x_key, one line per K."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+  for stages in sorted({r['stages'] for r in rows}):
+    chosen = sorted((r for r in rows if r['stages'] == stages and select(r)),
+                    key=lambda r: r[x_key]['mean'])
+    if not chosen:
+      continue
+    x = [r[x_key]['mean'] for r in chosen]
+    for ax, metric in zip(axes, ('frechet_distance', 'motion_accuracy', 'prompt_accuracy')):
+      ax.errorbar(x, [r[metric]['mean'] for r in chosen], [r[metric]['std'] for r in chosen],
+                  marker='o', capsize=3, label=f'K = {stages}')
+  real = np.mean([r['real_frechet_distance']['mean'] for r in rows])
+  axes[0].axhline(real, color='grey', linestyle='--', label='real vs real')
+  for ax, title in zip(axes, ('Frechet distance (lower is better)', 'motion accuracy',
+                              'prompt accuracy')):
+    ax.set_xscale('log')
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+  axes[0].legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_study(workdir: str, out: str) -> str:
+  """Writes <out>.json, <out>.md, <out>_training.png and <out>_sampling.png from the reports
+  under workdir; returns the markdown."""
+  records = load_reports(workdir)
+  rows = summarise(records)
+  checks = claim(rows)
+  if os.path.dirname(out):
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out + '.json', 'w') as f:
+    json.dump({'workdir': workdir, 'reports': len(records), 'rows': rows, 'claim': checks}, f,
+              indent=1)
+  table = markdown(rows) + '\n' + claim_markdown(checks)
+  with open(out + '.md', 'w') as f:
+    f.write(table)
+  last_step = {k: max(r['step'] for r in rows if r['stages'] == k)
+               for k in {r['stages'] for r in rows}}
+  plot(rows, 'train_flops', lambda r: _default_sampling(r, rows) and r['task'] == 't2v',
+       out + '_training.png', 'training FLOPs')
+  plot(rows, 'sample_flops_per_clip',
+       lambda r: r['renoise'] and r['step'] == last_step[r['stages']] and r['task'] == 't2v',
+       out + '_sampling.png', 'sampling FLOPs per clip')
+  return table
