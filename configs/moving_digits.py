@@ -13,12 +13,15 @@ Variants (`--config=configs/moving_digits.py:<a>,<b>`, combinable):
   vae  9-frame clips on the causal VAE of configs/vae_moving_digits.py
        (latent.vae_workdir, default runs/vae_digits): 5 latent frames of 8x8x16.
        Pre-extract the latents with `python -m pflow_jax.encode` (README).
+  flux the miniFLUX DiT family (models/dit.py): double-stream blocks, then
+       single-stream blocks (2 + 4 at the default width, 1 + 2 with tiny), RoPE
+       over (frame, y, x) instead of the sincos table.
   tiny a few steps of a very small model at 32x32 px, for tests and smoke runs.
 """
 
 from pflow_jax import config as config_lib
 
-VARIANTS = ('tiny', 'ar', 'vae')
+VARIANTS = ('tiny', 'ar', 'vae', 'flux')
 
 
 def get_config(arg: str = ''):
@@ -48,4 +51,10 @@ def get_config(arg: str = ''):
     c.sample.update(steps_per_stage=(2, 2, 2), video_steps_per_stage=(2, 2, 2),
                     prompts=('a 3 moving left', 'a 7 moving down'))
     c.optim.warmup_steps = 2
+  if 'flux' in variants:
+    head = c.model.attention_head_dim
+    small = 'tiny' in variants
+    c.model.update(family='flux', num_layers=1 if small else 2,
+                   num_single_layers=2 if small else 4, pos_embed_type='none',
+                   rope_axes_dim=(head // 4, 3 * head // 8, 3 * head // 8))
   return c

@@ -124,6 +124,9 @@ def base_config() -> ml_collections.ConfigDict:
       remat=False,
       use_temporal_causal=True,
       history_conditioning='timestep',  # 'clean': cacheable history (see models/dit.py)
+      family='sd3',                # 'sd3' (MM-DiT) | 'flux' (miniFLUX: + single-stream blocks)
+      num_single_layers=0,         # flux only
+      pos_embed_type='sincos',     # 'sincos' (SD3) | 'none' (flux: 3-axis RoPE only)
   ))
 
   c.text = ml_collections.ConfigDict(dict(

@@ -1,4 +1,5 @@
-"""The Pyramid Flow DiT: the official SD3 variant (`PyramidDiffusionMMDiT`), channels-last.
+"""The Pyramid Flow DiTs, channels-last: the SD3 MM-DiT (`PyramidDiffusionMMDiT`) and
+miniFLUX (`PyramidFluxTransformer`), selected by DiTConfig.family.
 
 Architecture (pyramid_dit/mmdit_modules/ of jy0205/Pyramid-Flow, as built by
 `build_pyramid_dit('pyramid_mmdit', ...)` from the released config):
@@ -30,10 +31,17 @@ Architecture (pyramid_dit/mmdit_modules/ of jy0205/Pyramid-Flow, as built by
   for the conditioning embedders and `context_embedder`, zeros for every adaLN
   projection, `norm_out.linear` and `proj_out` (so the model outputs 0 at init).
 
-miniFLUX (flux_modules/) reuses the layers: `pos_embed_type='none'` with
-`rope_axes_dim=(16, 24, 24)` over (frame, y, x) positions is its positional
-scheme (its RoPE positions follow the same interpolation rule); its
-single-stream blocks are the part still to add.
+miniFLUX (family='flux', pyramid_dit/flux_modules/) differs in four places:
+- no sincos embedding (`pos_embed_type='none'`): RoPE over (frame, y, x) with
+  `rope_axes_dim=(16, 24, 24)`, positions interpolated by the same rule, text
+  at (0, 0, 0); the patch projection is named `x_embedder`;
+- every double-stream block keeps its text stream (none is context_pre_only),
+  and q/k RMSNorms use eps 1e-6 (SD3: 1e-5);
+- `num_single_layers` single-stream blocks follow over the joint [text; video]
+  sequence: one adaLN-Zero (shift, scale, gate), attention and a GELU MLP
+  side by side from the same normed input, `proj_out` of both concatenated,
+  one gated residual; the video part goes to `norm_out`/`proj_out`;
+- pooled text from CLIP-L (768) and a 2x2 patch of 16 channels (64 inputs).
 
 Official state dict -> our parameters (torch Linear weight [out, in] = our
 `kernel` [in, out] transposed; biases equal; `transformer_blocks.{i}` is
@@ -50,6 +58,10 @@ Official state dict -> our parameters (torch Linear weight [out, in] = our
   transformer_blocks.{i}.ff.net.0.proj    -> transformer_blocks.{i}.ff.proj_in
   transformer_blocks.{i}.ff.net.2         -> transformer_blocks.{i}.ff.proj_out
   (the same for ff_context). proj_out's outputs are ordered (p1, p2, c) in both.
+miniFLUX's extra keys: `x_embedder` -> x_embedder.proj; `single_transformer_blocks.{i}.
+{norm.linear, proj_mlp, proj_out, attn.to_q, attn.to_k, attn.to_v}` -> same path (.kernel =
+weight.T), `...attn.norm_{q,k}.weight` -> `...attn.norm_{q,k}.scale`; proj_out's input is
+[attention (heads x head_dim); MLP hidden] in that order in both.
 Logical axis names are listed in layers.py.
 """
 
@@ -106,6 +118,10 @@ class DiTConfig:
     embedding, like every token) or 'clean' (by the embedding of timestep 0,
     as what they are: clean frames). 'clean' makes their keys and values
     independent of the target, so autoregressive sampling caches them.
+  family: 'sd3' (num_layers MM-DiT blocks, the last context_pre_only) or
+    'flux' (num_layers double-stream blocks, then num_single_layers
+    single-stream blocks); see the module docstring.
+  num_single_layers: FLUX single-stream blocks (0 for 'sd3').
   """
   sample_size: int = 128
   patch_size: int = 2
@@ -126,6 +142,8 @@ class DiTConfig:
   attention: str = 'xla'
   remat: bool = False
   history_conditioning: str = 'timestep'
+  family: str = 'sd3'
+  num_single_layers: int = 0
 
   def __post_init__(self):
     axes = (self.attention_head_dim,) if self.rope_axes_dim is None else self.rope_axes_dim
@@ -151,6 +169,11 @@ class DiTConfig:
     if self.history_conditioning not in ('timestep', 'clean'):
       raise ValueError(f"history_conditioning must be 'timestep' or 'clean', got "
                        f'{self.history_conditioning!r}')
+    if self.family not in ('sd3', 'flux'):
+      raise ValueError(f"family must be 'sd3' or 'flux', got {self.family!r}")
+    if self.num_single_layers < 0 or (self.family == 'sd3' and self.num_single_layers):
+      raise ValueError(f'num_single_layers {self.num_single_layers}: single-stream blocks '
+                       "exist only in family 'flux' (and never fewer than 0)")
     if self.sample_size % self.patch_size:
       raise ValueError(f'sample_size {self.sample_size} is not divisible by patch_size '
                        f'{self.patch_size}')
@@ -158,6 +181,11 @@ class DiTConfig:
   @property
   def hidden_size(self) -> int:
     return self.num_attention_heads * self.attention_head_dim
+
+  @property
+  def qk_norm_eps(self) -> float:
+    """The q/k RMSNorm epsilon of the official family."""
+    return 1e-6 if self.family == 'flux' else 1e-5
 
 
 def _reference_coords(size: int, ref: int) -> np.ndarray:
@@ -297,12 +325,32 @@ class CombinedTimestepTextEmbedding(nnx.Module):
     return rules.constrain(temb, ('batch', 'embed'))
 
 
+def _split_heads(proj: layers.Dense, x: Array, norm: layers.RMSNorm | None, heads: int,
+                 head_dim: int, length_axis: str = 'length') -> Array:
+  """proj(x) as [B, L, heads, head_dim], RMS-normed per head if norm is given."""
+  y = proj(x, length_axis).reshape(*x.shape[:2], heads, head_dim)
+  return y if norm is None else norm(y)
+
+
+def _attend(q: Array, k: Array, v: Array, mask: Array | None, impl: str) -> Array:
+  """Attention of [B, L, H, D] heads, merged back to [B, Lq, H * D]."""
+  qkv_axes = ('batch', 'length', 'heads', 'kv')
+  q, k, v = (rules.constrain(a, qkv_axes) for a in (q, k, v))
+  out = layers.attention(q, k, v, mask=mask, impl=impl)
+  return rules.constrain(out, qkv_axes).reshape(*out.shape[:2], -1)
+
+
+def _qk_norm(qk_norm: str | None, head_dim: int, eps: float,
+             param_dtype: jnp.dtype) -> layers.RMSNorm | None:
+  return None if qk_norm is None else layers.RMSNorm(head_dim, eps=eps, param_dtype=param_dtype)
+
+
 class JointAttention(nnx.Module):
   """One attention over [text; video] with separate projections per stream."""
 
   def __init__(self, dim: int, heads: int, head_dim: int, *, qk_norm: str | None,
-               context_pre_only: bool, impl: str, dtype: jnp.dtype, param_dtype: jnp.dtype,
-               rngs: nnx.Rngs):
+               qk_norm_eps: float, context_pre_only: bool, impl: str, dtype: jnp.dtype,
+               param_dtype: jnp.dtype, rngs: nnx.Rngs):
     self.heads, self.head_dim, self.impl = heads, head_dim, impl
     inner = heads * head_dim
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -314,9 +362,7 @@ class JointAttention(nnx.Module):
     self.add_v_proj = layers.Dense(dim, inner, ('embed', 'heads'), **kw)
 
     def norm():
-      if qk_norm is None:
-        return None
-      return layers.RMSNorm(head_dim, eps=1e-5, param_dtype=param_dtype)
+      return _qk_norm(qk_norm, head_dim, qk_norm_eps, param_dtype)
 
     self.norm_q, self.norm_k, self.norm_add_q, self.norm_add_k = norm(), norm(), norm(), norm()
     self.to_out = layers.Dense(inner, dim, ('heads', 'embed'), **kw)
@@ -325,8 +371,7 @@ class JointAttention(nnx.Module):
 
   def _heads(self, proj: layers.Dense, x: Array, norm: layers.RMSNorm | None,
              length_axis: str) -> Array:
-    y = proj(x, length_axis).reshape(*x.shape[:2], self.heads, self.head_dim)
-    return y if norm is None else norm(y)
+    return _split_heads(proj, x, norm, self.heads, self.head_dim, length_axis)
 
   def _video_qkv(self, x: Array) -> tuple[Array, Array, Array]:
     return (self._heads(self.to_q, x, self.norm_q, 'length'),
@@ -334,10 +379,7 @@ class JointAttention(nnx.Module):
             self._heads(self.to_v, x, None, 'length'))
 
   def _attend(self, q: Array, k: Array, v: Array, mask: Array | None) -> Array:
-    qkv_axes = ('batch', 'length', 'heads', 'kv')
-    q, k, v = (rules.constrain(a, qkv_axes) for a in (q, k, v))
-    out = layers.attention(q, k, v, mask=mask, impl=self.impl)
-    return rules.constrain(out, qkv_axes).reshape(*out.shape[:2], -1)
+    return _attend(q, k, v, mask, self.impl)
 
   def __call__(self, x: Array, context: Array, rope: Array | None, mask: Array | None,
                return_kv: bool = False):
@@ -391,8 +433,8 @@ class JointTransformerBlock(nnx.Module):
     self.norm1_context = (layers.AdaLayerNormContinuous(dim, dim, **kw) if context_pre_only
                           else layers.AdaLayerNormZero(dim, **kw))
     self.attn = JointAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim,
-                               qk_norm=cfg.qk_norm, context_pre_only=context_pre_only,
-                               impl=cfg.attention, **kw)
+                               qk_norm=cfg.qk_norm, qk_norm_eps=cfg.qk_norm_eps,
+                               context_pre_only=context_pre_only, impl=cfg.attention, **kw)
     self.ff = layers.FeedForward(dim, hidden, **kw)
     self.ff_context = None if context_pre_only else layers.FeedForward(dim, hidden, **kw)
 
@@ -441,11 +483,102 @@ class JointTransformerBlock(nnx.Module):
                               lambda norm_x: self.attn.cached(norm_x, rope, kv, mask))
 
 
+class SingleAttention(nnx.Module):
+  """The q/k/v projections of a FLUX single-stream block (its output projection is the
+  block's proj_out, shared with the MLP)."""
+
+  def __init__(self, dim: int, heads: int, head_dim: int, *, qk_norm: str | None,
+               qk_norm_eps: float, impl: str, dtype: jnp.dtype, param_dtype: jnp.dtype,
+               rngs: nnx.Rngs):
+    self.heads, self.head_dim, self.impl = heads, head_dim, impl
+    inner = heads * head_dim
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.to_q = layers.Dense(dim, inner, ('embed', 'heads'), **kw)
+    self.to_k = layers.Dense(dim, inner, ('embed', 'heads'), **kw)
+    self.to_v = layers.Dense(dim, inner, ('embed', 'heads'), **kw)
+    self.norm_q = _qk_norm(qk_norm, head_dim, qk_norm_eps, param_dtype)
+    self.norm_k = _qk_norm(qk_norm, head_dim, qk_norm_eps, param_dtype)
+
+  def qkv(self, x: Array, rope: Array | None) -> tuple[Array, Array, Array]:
+    """Heads [B, L, H, D] of x, q and k rotated by rope (which covers x)."""
+    q = _split_heads(self.to_q, x, self.norm_q, self.heads, self.head_dim)
+    k = _split_heads(self.to_k, x, self.norm_k, self.heads, self.head_dim)
+    v = _split_heads(self.to_v, x, None, self.heads, self.head_dim)
+    if rope is not None:
+      q, k = layers.apply_rope(q, rope), layers.apply_rope(k, rope)
+    return q, k, v
+
+
+class SingleTransformerBlock(nnx.Module):
+  """FLUX single-stream block over the joint [text; video] sequence.
+
+  One adaLN-Zero (shift, scale, gate) per conditioning group; attention and a
+  GELU(tanh) MLP run side by side on the same normed tokens; proj_out maps
+  [attention; MLP] back to the width; one gated residual.
+  """
+
+  def __init__(self, cfg: DiTConfig, *, dtype: jnp.dtype, param_dtype: jnp.dtype,
+               rngs: nnx.Rngs):
+    dim = cfg.hidden_size
+    hidden = int(dim * cfg.mlp_ratio)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.norm = layers.AdaLayerNormZeroSingle(dim, **kw)
+    self.proj_mlp = layers.Dense(dim, hidden, ('embed', 'mlp'), **kw)
+    self.attn = SingleAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim,
+                                qk_norm=cfg.qk_norm, qk_norm_eps=cfg.qk_norm_eps,
+                                impl=cfg.attention, **kw)
+    self.proj_out = layers.Dense(dim + hidden, dim, ('mlp', 'embed'), **kw)
+
+  def _update(self, x: Array, groups: list[Group], attend) -> Array:
+    normed = [self.norm(x[:, a:b], emb) for a, b, emb in groups]
+    h = jnp.concatenate([n for n, _ in normed], axis=1)
+    mlp = jax.nn.gelu(self.proj_mlp(h), approximate=True)
+    out = self.proj_out(jnp.concatenate([attend(h), mlp], axis=-1))
+    x = jnp.concatenate([layers.gated_residual(x[:, a:b], gate, out[:, a:b])
+                         for (a, b, _), (_, gate) in zip(groups, normed)], axis=1)
+    return rules.constrain(x, ('batch', 'length', 'embed'))
+
+  def __call__(self, x: Array, groups: list[Group], rope: Array | None, mask: Array | None,
+               return_kv: bool = False):
+    """x [B, Lt + Lv, D] after the block (and its (k, v) if return_kv)."""
+    kv = []
+
+    def attend(h):
+      q, k, v = self.attn.qkv(h, rope)
+      kv.append((k, v))
+      return _attend(q, k, v, mask, self.attn.impl)
+
+    x = self._update(x, groups, attend)
+    return (x, kv[0]) if return_kv else x
+
+  def cached(self, x: Array, temb: Array, rope: Array | None, kv: tuple[Array, Array],
+             mask: Array | None) -> Array:
+    """The update of tokens x that attend to cached (k, v) of [text; history] and to x."""
+
+    def attend(h):
+      q, k, v = self.attn.qkv(h, rope)
+      return _attend(q, jnp.concatenate([kv[0], k], 1), jnp.concatenate([kv[1], v], 1), mask,
+                     self.attn.impl)
+
+    return self._update(x, [(0, x.shape[1], temb)], attend)
+
+
+def _groups(bounds: tuple[tuple[int, int, bool], ...], temb: Array,
+            context_temb: Array) -> list[Group]:
+  """Static (start, stop, uses context_temb) token groups with their embeddings."""
+  return [(a, b, context_temb if clean else temb) for a, b, clean in bounds]
+
+
 def _run_block(block: JointTransformerBlock, x, context, temb, context_temb, rope, mask, *,
                bounds: tuple[tuple[int, int, bool], ...]):
-  """One block; bounds are static (start, stop, uses context_temb) video token groups."""
-  groups = [(a, b, context_temb if clean else temb) for a, b, clean in bounds]
-  return block(x, context, groups, context_temb, rope, mask)
+  """One double-stream block; bounds group the video tokens."""
+  return block(x, context, _groups(bounds, temb, context_temb), context_temb, rope, mask)
+
+
+def _run_single_block(block: SingleTransformerBlock, x, temb, context_temb, rope, mask, *,
+                      bounds: tuple[tuple[int, int, bool], ...]):
+  """One single-stream block; bounds group the joint [text; video] tokens."""
+  return block(x, _groups(bounds, temb, context_temb), rope, mask)
 
 
 class Conditions(NamedTuple):
@@ -473,15 +606,22 @@ class PyramidDiT(nnx.Module):
     dim = cfg.hidden_size
     p = cfg.patch_size
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.pos_embed = PatchEmbed(cfg, **kw)
+    if cfg.family == 'flux':
+      self.x_embedder = PatchEmbed(cfg, **kw)
+    else:
+      self.pos_embed = PatchEmbed(cfg, **kw)
     self.time_text_embed = CombinedTimestepTextEmbedding(dim, cfg.pooled_projection_dim,
                                                          param_dtype=param_dtype, rngs=rngs)
     self.context_embedder = layers.Dense(
         cfg.joint_attention_dim, cfg.caption_projection_dim, ('text_embed', 'embed'),
         kernel_init=nnx.initializers.normal(0.02), **kw)
     self.transformer_blocks = nnx.List([
-        JointTransformerBlock(cfg, context_pre_only=i == cfg.num_layers - 1, **kw)
+        JointTransformerBlock(
+            cfg, context_pre_only=cfg.family == 'sd3' and i == cfg.num_layers - 1, **kw)
         for i in range(cfg.num_layers)])
+    if cfg.num_single_layers:
+      self.single_transformer_blocks = nnx.List([
+          SingleTransformerBlock(cfg, **kw) for _ in range(cfg.num_single_layers)])
     self.norm_out = layers.AdaLayerNormContinuous(dim, dim, **kw)
     self.proj_out = layers.Dense(dim, p * p * cfg.in_channels, ('embed', 'patch'),
                                  kernel_init=layers.zeros, **kw)
@@ -495,7 +635,8 @@ class PyramidDiT(nnx.Module):
     of the current stage; history clips at a lower resolution get positions
     interpolated onto it. frame_offset: frame index of the clip's first frame.
     """
-    return self.pos_embed(latents, full_size=full_size, frame_offset=frame_offset)
+    embed = self.x_embedder if self.cfg.family == 'flux' else self.pos_embed
+    return embed(latents, full_size=full_size, frame_offset=frame_offset)
 
   def embed_conditions(self, timesteps: Array, text: dict[str, Array]) -> Conditions:
     """The embeddings that condition the blocks, from timesteps [B] and the text dict."""
@@ -537,7 +678,21 @@ class PyramidDiT(nnx.Module):
     context = cond.context
     for block in self.transformer_blocks:
       x, context = run(block, x, context, cond.temb, cond.context_temb, rope, mask)
-    return x
+    if not self.cfg.num_single_layers:
+      return x
+    # The text joins the video stream, modulated like the other context tokens.
+    text = context.shape[1]
+    joint = ((0, text, True),) + tuple((a + text, b + text, clean) for a, b, clean in bounds)
+    run = functools.partial(_run_single_block, bounds=joint)
+    run = nnx.remat(run) if self.cfg.remat else run
+    x = jnp.concatenate([context.astype(x.dtype), x], axis=1)
+    for block in self.single_transformer_blocks:
+      x = run(block, x, cond.temb, cond.context_temb, rope, mask)
+    return x[:, text:]
+
+  def _all_blocks(self) -> list:
+    singles = list(self.single_transformer_blocks) if self.cfg.num_single_layers else []
+    return list(self.transformer_blocks) + singles
 
   def _output(self, x: Array, temb: Array) -> Array:
     return self.proj_out(self.norm_out(x, temb)).astype(jnp.float32)
@@ -574,6 +729,11 @@ class PyramidDiT(nnx.Module):
       x, context, kv = block(x, context, [(0, x.shape[1], cond.context_temb)], cond.context_temb,
                              rope, mask, return_kv=True)
       cache.append(kv)
+    if self.cfg.num_single_layers:
+      x = jnp.concatenate([context.astype(x.dtype), x], axis=1)
+      for block in self.single_transformer_blocks:
+        x, kv = block(x, [(0, x.shape[1], cond.context_temb)], rope, mask, return_kv=True)
+        cache.append(kv)
     return cache
 
   def forward_cached(self, tokens: Array, cond: Conditions, positions: Array,
@@ -584,7 +744,7 @@ class PyramidDiT(nnx.Module):
     """
     rope = self._rope(positions, None)
     x = tokens
-    for block, kv in zip(self.transformer_blocks, cache, strict=True):
+    for block, kv in zip(self._all_blocks(), cache, strict=True):
       x = block.cached(x, cond.temb, rope, kv, mask)
     return self._output(x, cond.temb)
 

@@ -131,6 +131,23 @@ class AdaLayerNormZero(nnx.Module):
     return x, (gate_msa, shift_mlp, scale_mlp, gate_mlp)
 
 
+class AdaLayerNormZeroSingle(nnx.Module):
+  """adaLN-Zero of FLUX's single-stream blocks: (shift, scale, gate) for one residual.
+
+  Returns the modulated norm of x (compute dtype) and the gate (fp32).
+  """
+
+  def __init__(self, dim: int, *, eps: float = 1e-6, dtype: jnp.dtype = jnp.float32,
+               param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    self.eps = eps
+    self.dtype = dtype
+    self.linear = modulation(dim, dim, 3, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x: Array, emb: Array) -> tuple[Array, Array]:
+    shift, scale, gate = modulation_chunks(self.linear, emb, 3)
+    return modulate(layer_norm(x, self.eps), shift, scale).astype(self.dtype), gate
+
+
 class AdaLayerNormContinuous(nnx.Module):
   """Modulated LayerNorm with (scale, shift) from the conditioning (official order)."""
 

@@ -14,19 +14,25 @@ from pflow_jax import config as config_lib
 
 def dit_forward_flops(model: ml_collections.ConfigDict, video_tokens: int,
                       text_tokens: int, mlp_ratio: int = 4) -> float:
-  """Forward FLOPs of one sample through the MM-DiT.
+  """Forward FLOPs of one sample through the DiT (either family).
 
-  Per block and stream: qkv (3), attention output (1) and MLP (2 x mlp_ratio)
-  projections of D x D, i.e. 2 * (4 + 2 * mlp_ratio) * D^2 FLOPs per token;
-  the last block's text stream only projects qkv. Joint attention over
-  L = video + text tokens costs 2 * 2 * L^2 * D (scores and weighted sum).
+  Per block and token: qkv (3), attention output (1) and MLP (2 x mlp_ratio)
+  projections of D x D, i.e. 2 * (4 + 2 * mlp_ratio) * D^2 FLOPs; SD3's last
+  block's text stream only projects qkv. A FLUX single-stream block costs the
+  same per token (qkv 3, MLP in mlp_ratio, proj_out 1 + mlp_ratio) over text and
+  video alike. Joint attention over L = video + text tokens costs 2 * 2 * L^2 * D
+  (scores and weighted sum) in every block.
   """
   d = model.num_attention_heads * model.attention_head_dim
   per_token = 2 * (4 + 2 * mlp_ratio) * d * d
   layers = model.num_layers
-  blocks = layers * video_tokens * per_token
-  blocks += (layers - 1) * text_tokens * per_token + text_tokens * 2 * 3 * d * d
-  attention = layers * 4 * (video_tokens + text_tokens) ** 2 * d
+  single = model.get('num_single_layers', 0)
+  blocks = (layers + single) * video_tokens * per_token
+  if model.get('family', 'sd3') == 'flux':
+    blocks += (layers + single) * text_tokens * per_token
+  else:
+    blocks += (layers - 1) * text_tokens * per_token + text_tokens * 2 * 3 * d * d
+  attention = (layers + single) * 4 * (video_tokens + text_tokens) ** 2 * d
   patch = model.patch_size ** 2 * model.in_channels
   io = 2 * video_tokens * patch * d * 2 + 2 * text_tokens * model.joint_attention_dim * d
   return float(blocks + attention + io)
