@@ -205,8 +205,12 @@ def timestep_embedding(timesteps: Array, dim: int = 256, max_period: float = 100
   if timesteps.ndim != 1:
     raise ValueError(f'timesteps must be [batch], got shape {timesteps.shape}')
   half = dim // 2
-  freqs = jnp.exp(-np.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  args = timesteps.astype(jnp.float32)[:, None] * freqs[None, :]
+  # The frequencies are constants, computed as the official code computes them (the exponent
+  # in fp32), then exponentiated exactly: with timesteps near 1000 one ulp of a frequency
+  # moves sin/cos by ~1e-4, so XLA's own fp32 exp would not reproduce the official model.
+  exponent = np.float32(-np.log(max_period)) * np.arange(half, dtype=np.float32) / np.float32(half)
+  freqs = np.exp(exponent.astype(np.float64)).astype(np.float32)
+  args = timesteps.astype(jnp.float32)[:, None] * jnp.asarray(freqs)[None, :]
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 

@@ -1,0 +1,117 @@
+"""The official Pyramid Flow DiT state dicts (PyTorch names and layouts) -> our parameters.
+
+Both families (models/dit.py): every parameter of ours has exactly one official
+key, found by renaming its path; the layout transform follows the module type:
+  Dense kernel [in, out]         <- Linear weight [out, in], transposed
+  bias, RMSNorm scale            <- bias, weight, as they are
+  SD3 patch projection [p*p*C, D] <- Conv2d weight [D, C, p, p], as (p, p, C) rows
+The official SD3 sincos buffer (`pos_embed.pos_embed`) is recomputed from the
+config, not read. `load_dit_params` checks everything before it returns: one
+error lists every unmapped official key, every parameter left unfilled and
+every shape mismatch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+from flax import nnx
+
+from pflow_jax.models import dit as dit_lib
+
+# Official keys that hold no parameter of ours (recomputed from the config).
+SKIPPED_KEYS = ('pos_embed.pos_embed',)
+
+# Renamed path segments: ours -> official.
+_RENAMES = (('attn.to_out.', 'attn.to_out.0.'), ('ff.proj_in.', 'ff.net.0.proj.'),
+            ('ff.proj_out.', 'ff.net.2.'), ('ff_context.proj_in.', 'ff_context.net.0.proj.'),
+            ('ff_context.proj_out.', 'ff_context.net.2.'), ('x_embedder.proj.', 'x_embedder.'))
+
+
+class ConversionError(ValueError):
+  """The official state dict does not fit the configured model."""
+
+
+def _official_name(path: str, family: str) -> str:
+  name = path
+  for ours, theirs in _RENAMES:
+    name = name.replace(ours, theirs)
+  if family == 'flux':  # FLUX names the text stream's q/k norms norm_added_{q,k}
+    name = name.replace('attn.norm_add_', 'attn.norm_added_')
+  if name.endswith('.kernel'):
+    return name[:-len('kernel')] + 'weight'
+  if name.endswith('.scale'):
+    return name[:-len('scale')] + 'weight'
+  return name
+
+
+def _transform(path: str, cfg: dit_lib.DiTConfig) -> Callable[[np.ndarray], np.ndarray]:
+  if path == 'pos_embed.proj.kernel':
+    p, c = cfg.patch_size, cfg.in_channels
+    return lambda w: np.transpose(w, (2, 3, 1, 0)).reshape(p * p * c, w.shape[0])
+  if path.endswith('.kernel'):
+    return lambda w: np.transpose(w)
+  return lambda w: w
+
+
+def dit_key_map(cfg: dit_lib.DiTConfig) -> dict[str, tuple[str, tuple[int, ...]]]:
+  """official key -> (our dotted parameter path, our shape), for every parameter of ours."""
+  abstract = nnx.eval_shape(lambda: dit_lib.PyramidDiT(cfg, rngs=nnx.Rngs(0)))
+  mapping = {}
+  for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
+    dotted = '.'.join(map(str, path))
+    mapping[_official_name(dotted, cfg.family)] = (dotted, tuple(var.shape))
+  return mapping
+
+
+def check_dit_keys(cfg: dit_lib.DiTConfig,
+                   shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[str, tuple[int, ...]]]:
+  """dit_key_map(cfg), after checking it against an official state dict's {key: shape}.
+
+  Raises ConversionError listing every unmapped official key, every parameter of
+  ours without an official key and every shape that does not convert to ours.
+  """
+  mapping = dit_key_map(cfg)
+  unmapped = sorted(set(shapes) - set(mapping) - set(SKIPPED_KEYS))
+  missing = sorted(mapping[k][0] for k in set(mapping) - set(shapes))
+  mismatched = []
+  for key, (path, shape) in mapping.items():
+    if key in shapes:
+      converted = _transform(path, cfg)(np.empty(shapes[key], np.float32)).shape
+      if converted != shape:
+        mismatched.append(f'{key} {tuple(shapes[key])} -> {path} needs {shape}')
+  problems = []
+  if unmapped:
+    problems.append(f'{len(unmapped)} official keys have no parameter here: {unmapped}')
+  if missing:
+    problems.append(f'{len(missing)} parameters are not in the official state dict: {missing}')
+  if mismatched:
+    problems.append(f'{len(mismatched)} shapes differ: {sorted(mismatched)}')
+  if problems:
+    raise ConversionError('the official DiT does not fit this config (model.family='
+                          f'{cfg.family!r}): ' + '; '.join(problems))
+  return mapping
+
+
+def load_dit_params(cfg: dit_lib.DiTConfig, official: Mapping[str, Callable[[], np.ndarray]],
+                    shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+  """Our parameters {dotted path: fp32 array} from an official DiT state dict.
+
+  official maps each official key to a loader of its array (so shards are read
+  one tensor at a time); shapes gives each key's shape, all checked
+  (check_dit_keys) before anything is loaded.
+  """
+  mapping = check_dit_keys(cfg, shapes)
+  return {path: np.ascontiguousarray(_transform(path, cfg)(np.asarray(official[key]())),
+                                     np.float32)
+          for key, (path, _) in mapping.items()}
+
+
+def to_state(cfg: dit_lib.DiTConfig, params: Mapping[str, np.ndarray]) -> nnx.State:
+  """The DiT's parameter state with `params` ({dotted path: array}) filled in."""
+  abstract = nnx.eval_shape(lambda: dit_lib.PyramidDiT(cfg, rngs=nnx.Rngs(0)))
+  state = nnx.state(abstract, nnx.Param)
+  for path, var in nnx.to_flat_state(state):
+    var.set_value(params['.'.join(map(str, path))])
+  return state
