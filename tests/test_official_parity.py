@@ -1,4 +1,4 @@
-"""Our DiTs against the official PyTorch modules: key maps at paper scale, and forward
+"""Our DiTs and VAE against the official PyTorch modules: key maps at paper scale, and
 outputs of small random-init official models (tests/fixtures/official, made by
 make_fixtures.py there; neither torch nor the official code is needed here)."""
 
@@ -14,7 +14,7 @@ from flax import nnx
 from safetensors import safe_open
 
 from configs import pyramid_flow_miniflux, pyramid_flow_sd3
-from pflow_jax.models import dit, layers, official
+from pflow_jax.models import dit, layers, official, vae as vae_lib
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'official')
 PAPER_PARAMS = {'sd3': 2_028_334_144, 'flux': 1_972_059_200}
@@ -49,7 +49,7 @@ def converted(family: str) -> tuple[dit.DiTConfig, nnx.State]:
     shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     params = official.load_dit_params(cfg, {k: (lambda k=k: f.get_tensor(k)) for k in shapes},
                                       shapes)
-  return cfg, official.to_state(cfg, params)
+  return cfg, official.dit_state(cfg, params)
 
 
 def our_output(cfg, state, clips, timesteps, text, dtype=jnp.float32):
@@ -153,3 +153,42 @@ def test_conversion_refuses_a_state_dict_that_does_not_fit(family):
   message = str(error.value)
   assert "['extra.weight']" in message and "['norm_out.linear.bias']" in message
   assert 'proj_out.weight (3, 3)' in message
+
+
+def test_vae_encode_and_decode_match_the_official_module_whole_and_chunked():
+  cfg = vae_lib.VAEConfig.tiny(latent_channels=4)
+  with safe_open(os.path.join(FIXTURES, 'vae.safetensors'), framework='numpy') as f:
+    shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    params = official.load_vae_params(cfg, {k: (lambda k=k: f.get_tensor(k)) for k in shapes},
+                                      shapes)
+  with open(os.path.join(FIXTURES, 'vae.json')) as f:
+    windows = json.load(f)
+  graph = nnx.graphdef(nnx.eval_shape(lambda: vae_lib.CausalVAE(cfg, rngs=nnx.Rngs(0))))
+  state = official.vae_state(cfg, params)
+  io = np.load(os.path.join(FIXTURES, 'vae_io.npz'))
+  ours = lambda x: jnp.asarray(np.moveaxis(x, 1, -1))  # noqa: E731
+  theirs = lambda x: np.moveaxis(x, 1, -1)  # noqa: E731
+  video, latents = ours(io['video']), ours(io['latents'])
+
+  @jax.jit
+  def run(state, video, latents):
+    vae = nnx.merge(graph, state)
+    return (tuple(vae.encode(video)),
+            tuple(vae_lib.encode_chunked(vae, video, windows['encode_window'])),
+            vae.decode(latents), vae_lib.decode_chunked(vae, latents, windows['decode_window']))
+
+  (mean, logvar), (c_mean, c_logvar), decoded, c_decoded = run(state, video, latents)
+  assert float(np.abs(io['decoded']).mean()) > 0.05 and float(np.abs(io['mean']).mean()) > 0.05
+  for got, key in ((mean, 'mean'), (logvar, 'logvar'), (c_mean, 'chunked_mean'),
+                   (c_logvar, 'chunked_logvar'), (decoded, 'decoded'),
+                   (c_decoded, 'decoded_chunked')):
+    want = theirs(io[key])
+    assert got.shape == want.shape, key
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=0, err_msg=key)
+
+
+def test_vae_conversion_refuses_a_state_dict_that_does_not_fit():
+  with safe_open(os.path.join(FIXTURES, 'vae.safetensors'), framework='numpy') as f:
+    shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+  with pytest.raises(official.ConversionError, match='shapes differ'):
+    official.check_vae_keys(vae_lib.VAEConfig.tiny(latent_channels=8), shapes)

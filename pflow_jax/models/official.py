@@ -1,5 +1,6 @@
-"""The official Pyramid Flow DiT state dicts (PyTorch names and layouts) -> our parameters.
+"""The official Pyramid Flow state dicts (PyTorch names and layouts) -> our parameters.
 
+The DiTs:
 Both families (models/dit.py): every parameter of ours has exactly one official
 key, found by renaming its path; the layout transform follows the module type:
   Dense kernel [in, out]         <- Linear weight [out, in], transposed
@@ -8,7 +9,9 @@ key, found by renaming its path; the layout transform follows the module type:
 The official SD3 sincos buffer (`pos_embed.pos_embed`) is recomputed from the
 config, not read. `load_dit_params` checks everything before it returns: one
 error lists every unmapped official key, every parameter left unfilled and
-every shape mismatch.
+every shape mismatch. The causal VAE: its names and transposes come from
+models/vae.py (`official_names`), checked and loaded the same way
+(`check_vae_keys`, `load_vae_params`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from pflow_jax.models import dit as dit_lib
+from pflow_jax.models import vae as vae_lib
 
 # Official keys that hold no parameter of ours (recomputed from the config).
 SKIPPED_KEYS = ('pos_embed.pos_embed',)
@@ -65,32 +69,34 @@ def dit_key_map(cfg: dit_lib.DiTConfig) -> dict[str, tuple[str, tuple[int, ...]]
   return mapping
 
 
-def check_dit_keys(cfg: dit_lib.DiTConfig,
-                   shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[str, tuple[int, ...]]]:
-  """dit_key_map(cfg), after checking it against an official state dict's {key: shape}.
-
-  Raises ConversionError listing every unmapped official key, every parameter of
-  ours without an official key and every shape that does not convert to ours.
-  """
-  mapping = dit_key_map(cfg)
-  unmapped = sorted(set(shapes) - set(mapping) - set(SKIPPED_KEYS))
+def _check(what: str, mapping: Mapping[str, tuple[str, tuple[int, ...]]],
+           shapes: Mapping[str, tuple[int, ...]], convert_shape, skipped=()) -> None:
+  """Raises ConversionError listing every unmapped official key, every parameter of ours
+  without an official key and every shape that does not convert to ours."""
+  unmapped = sorted(set(shapes) - set(mapping) - set(skipped))
   missing = sorted(mapping[k][0] for k in set(mapping) - set(shapes))
-  mismatched = []
-  for key, (path, shape) in mapping.items():
-    if key in shapes:
-      converted = _transform(path, cfg)(np.empty(shapes[key], np.float32)).shape
-      if converted != shape:
-        mismatched.append(f'{key} {tuple(shapes[key])} -> {path} needs {shape}')
+  mismatched = sorted(f'{key} {tuple(shapes[key])} -> {path} needs {shape}'
+                      for key, (path, shape) in mapping.items()
+                      if key in shapes and convert_shape(key, tuple(shapes[key])) != shape)
   problems = []
   if unmapped:
     problems.append(f'{len(unmapped)} official keys have no parameter here: {unmapped}')
   if missing:
     problems.append(f'{len(missing)} parameters are not in the official state dict: {missing}')
   if mismatched:
-    problems.append(f'{len(mismatched)} shapes differ: {sorted(mismatched)}')
+    problems.append(f'{len(mismatched)} shapes differ: {mismatched}')
   if problems:
-    raise ConversionError('the official DiT does not fit this config (model.family='
-                          f'{cfg.family!r}): ' + '; '.join(problems))
+    raise ConversionError(f'the official {what} does not fit this config: ' +
+                          '; '.join(problems))
+
+
+def check_dit_keys(cfg: dit_lib.DiTConfig,
+                   shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[str, tuple[int, ...]]]:
+  """dit_key_map(cfg), after checking it against an official state dict's {key: shape}."""
+  mapping = dit_key_map(cfg)
+  _check(f'DiT (model.family={cfg.family!r})', mapping, shapes,
+         lambda key, shape: _transform(mapping[key][0], cfg)(np.broadcast_to(np.int8(0), shape)).shape,
+         SKIPPED_KEYS)
   return mapping
 
 
@@ -108,9 +114,43 @@ def load_dit_params(cfg: dit_lib.DiTConfig, official: Mapping[str, Callable[[], 
           for key, (path, _) in mapping.items()}
 
 
-def to_state(cfg: dit_lib.DiTConfig, params: Mapping[str, np.ndarray]) -> nnx.State:
+def dit_state(cfg: dit_lib.DiTConfig, params: Mapping[str, np.ndarray]) -> nnx.State:
   """The DiT's parameter state with `params` ({dotted path: array}) filled in."""
   abstract = nnx.eval_shape(lambda: dit_lib.PyramidDiT(cfg, rngs=nnx.Rngs(0)))
+  state = nnx.state(abstract, nnx.Param)
+  for path, var in nnx.to_flat_state(state):
+    var.set_value(params['.'.join(map(str, path))])
+  return state
+
+
+def _vae_map(cfg: vae_lib.VAEConfig) -> dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]]:
+  """official key -> (our dotted path, our shape, axes that transpose the torch array)."""
+  abstract = nnx.eval_shape(lambda: vae_lib.CausalVAE(cfg, rngs=nnx.Rngs(0)))
+  shapes = dict(nnx.to_flat_state(nnx.state(abstract, nnx.Param)))
+  return {key: ('.'.join(map(str, path)), tuple(shapes[path].shape), axes)
+          for path, (key, axes) in vae_lib.official_names(abstract).items()}
+
+
+def check_vae_keys(cfg: vae_lib.VAEConfig, shapes: Mapping[str, tuple[int, ...]]) -> dict:
+  """The VAE's official key map, checked against an official state dict's {key: shape}."""
+  mapping = _vae_map(cfg)
+  _check('VAE', {k: (path, shape) for k, (path, shape, _) in mapping.items()}, shapes,
+         lambda key, shape: tuple(shape[a] for a in mapping[key][2]))
+  return mapping
+
+
+def load_vae_params(cfg: vae_lib.VAEConfig, official: Mapping[str, Callable[[], np.ndarray]],
+                    shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+  """Our VAE parameters {dotted path: fp32 array} from an official state dict (as
+  load_dit_params)."""
+  mapping = check_vae_keys(cfg, shapes)
+  return {path: np.ascontiguousarray(np.transpose(np.asarray(official[key]()), axes), np.float32)
+          for key, (path, _, axes) in mapping.items()}
+
+
+def vae_state(cfg: vae_lib.VAEConfig, params: Mapping[str, np.ndarray]) -> nnx.State:
+  """The VAE's parameter state with `params` ({dotted path: array}) filled in."""
+  abstract = nnx.eval_shape(lambda: vae_lib.CausalVAE(cfg, rngs=nnx.Rngs(0)))
   state = nnx.state(abstract, nnx.Param)
   for path, var in nnx.to_flat_state(state):
     var.set_value(params['.'.join(map(str, path))])
