@@ -182,6 +182,7 @@ def base_config() -> ml_collections.ConfigDict:
       checkpoint_every=400,
       keep_checkpoints=3,
       sample_every=800,
+      peak_tflops_per_device=0.0,  # MFU's denominator; 0: training/flops.py's table of chips
   ))
 
   c.sample = ml_collections.ConfigDict(dict(

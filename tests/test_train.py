@@ -14,7 +14,7 @@ from configs import moving_digits
 from pflow_jax.data.synthetic import synthetic_batch
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
-from pflow_jax.training import checkpoint, loop, state as state_lib, step as step_lib
+from pflow_jax.training import checkpoint, flops, loop, state as state_lib, step as step_lib
 
 
 def tiny_config(**batch):
@@ -175,6 +175,26 @@ def test_loop_logs_the_mean_of_each_window(tmp_path):
                 _fake_step(), lambda state, step: None)
   logged = {m['step']: m['loss'] for m in _read_metrics(tmp_path)}
   assert logged == {4: pytest.approx(1.5), 8: pytest.approx(5.5)}   # means of 0..3 and 4..7
+
+
+def test_loop_logs_throughput_and_model_flop_utilisation(tmp_path):
+  mesh = mesh_lib.make_mesh({'data': 2}, devices=jax.devices()[:2])
+  state = _State(jnp.zeros((), jnp.int32), jnp.ones((3,)))
+  ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+  loop.run_loop(_loop_config(4, 2, 4), str(tmp_path), mesh, state, _CountingBatches(), ckpt,
+                _fake_step(), lambda state, step: None, step_flops=3e12, step_tokens=100,
+                peak_tflops=5.0)
+  for m in _read_metrics(tmp_path):
+    assert m['tflops_per_sec'] == pytest.approx(3.0 * m['steps_per_sec'])
+    assert m['tokens_per_sec'] == pytest.approx(100 * m['steps_per_sec'])
+    assert m['mfu'] == pytest.approx(m['tflops_per_sec'] / (5.0 * 2))
+
+
+def test_peak_rates_come_from_the_chip_table_or_the_override():
+  assert flops.peak_tflops('NVIDIA H100 80GB HBM3') == 989.0
+  assert flops.peak_tflops('TPU v5 lite') == 197.0
+  assert flops.peak_tflops('cpu') is None
+  assert flops.peak_tflops('cpu', override=1.5) == 1.5
 
 
 def test_loop_refuses_to_checkpoint_after_a_non_finite_step(tmp_path):

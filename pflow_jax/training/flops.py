@@ -1,4 +1,5 @@
-"""Analytic FLOP counts of the DiT (matmuls and attention; elementwise ops ignored).
+"""Analytic FLOP counts of the DiT (matmuls and attention; elementwise ops ignored), and
+the peak rates that model FLOP utilisation (MFU) divides by.
 
 Training FLOPs are 3x the forward (the maxtext/maxdiffusion MFU definition).
 """
@@ -36,6 +37,32 @@ def dit_forward_flops(model: ml_collections.ConfigDict, video_tokens: int,
   patch = model.patch_size ** 2 * model.in_channels
   io = 2 * video_tokens * patch * d * 2 + 2 * text_tokens * model.joint_attention_dim * d
   return float(blocks + attention + io)
+
+
+# Dense bf16 peak TFLOP/s per chip, matched against jax's device_kind (first match wins).
+# Vendor figures without sparsity; PCIe and other variants differ: override with
+# train.peak_tflops_per_device.
+PEAK_TFLOPS = (('H200', 989.0), ('H100', 989.0), ('B200', 2250.0), ('A100', 312.0),
+               ('L40S', 362.0), ('TPU v6', 918.0), ('TPU v5p', 459.0), ('TPU v5 lite', 197.0),
+               ('TPU v5e', 197.0), ('TPU v4', 275.0))
+
+
+def peak_tflops(device_kind: str, override: float = 0.0) -> float | None:
+  """Peak TFLOP/s of one device: the override if positive, else the table's entry for
+  device_kind, else None (unknown, e.g. CPUs: no MFU is logged)."""
+  if override > 0:
+    return float(override)
+  for name, tflops in PEAK_TFLOPS:
+    if name.lower() in device_kind.lower():
+      return tflops
+  return None
+
+
+def train_step_tokens(config: ml_collections.ConfigDict) -> int:
+  """Video tokens one training step processes (global batch, stages mixed per column)."""
+  ratios = list(config.pyramid.sample_ratios)
+  per_column = config.data.global_batch_size // sum(ratios)
+  return sum(per_column * r * t for r, t in zip(ratios, stage_video_tokens(config)))
 
 
 def dit_text_tokens(config: ml_collections.ConfigDict) -> int:

@@ -134,13 +134,16 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, state:
              iterator: pipeline.BatchIterator, ckpt: checkpoint.Checkpointer,
              train_step: Callable[[Any, dict, int], tuple[Any, dict]],
              on_sample: Callable[[Any, int], dict[str, float] | None],
-             step_flops: float = 0.0) -> dict[str, float]:
+             step_flops: float = 0.0, step_tokens: int = 0,
+             peak_tflops: float | None = None) -> dict[str, float]:
   """Steps from state.step to config.train.num_steps: logs, checkpoints, samples, SIGTERM.
 
   train_step(state, global_batch, step) -> (state, metrics); on_sample(state, step)
   writes samples or evaluations every config.train.sample_every steps and at the end,
   and may return scalars to log at that step.
-  Logged metrics are the means over the steps since the last log. Every step's
+  Logged metrics are the means over the steps since the last log, plus steps/s and,
+  given step_flops / step_tokens / peak_tflops (per device), TFLOP/s, tokens/s and the
+  model FLOP utilisation of the mesh (mfu). Every step's
   metrics are checked for NaN/Inf on device, so steps still run asynchronously;
   the first log or checkpoint after a non-finite step raises FloatingPointError,
   and no checkpoint is written from a state with non-finite values. The
@@ -178,6 +181,10 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, state:
           means['steps_per_sec'] = window_steps / (time.perf_counter() - window_start)
           if step_flops:
             means['tflops_per_sec'] = step_flops * means['steps_per_sec'] / 1e12
+            if peak_tflops:  # model FLOP utilisation of all devices of the mesh
+              means['mfu'] = means['tflops_per_sec'] / (peak_tflops * mesh.devices.size)
+          if step_tokens:
+            means['tokens_per_sec'] = step_tokens * means['steps_per_sec']
           writer.scalars(done, means)
           bar.set_postfix(loss=f'{means["loss"]:.4f}', steps_s=f'{means["steps_per_sec"]:.2f}')
           last = means
@@ -251,6 +258,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       logging.info('step %d: samples in %s', step, write_samples(workdir, step, videos,
                                                                  config.sample.fps))
 
-  return run_loop(config, workdir, mesh, state, iterator, ckpt,
-                  jitted, on_sample,
-                  flops.train_step_flops(config))
+  return run_loop(config, workdir, mesh, state, iterator, ckpt, jitted, on_sample,
+                  flops.train_step_flops(config), flops.train_step_tokens(config),
+                  flops.peak_tflops(jax.devices()[0].device_kind,
+                                    config.train.peak_tflops_per_device))
