@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import moving_digits, pyramid_flow_miniflux
+from configs import moving_digits, pyramid_flow_flux
 from pflow_jax import config as config_lib
 from pflow_jax.data.synthetic import synthetic_batch
 from pflow_jax.models import dit, flow_model, latent_codec
@@ -69,14 +69,14 @@ def params(fresh):
 
 @pytest.mark.parametrize('variant', ['384p', '768p'])
 def test_paper_config_has_the_official_parameter_count(variant):
-  config = pyramid_flow_miniflux.get_config(variant)
+  config = pyramid_flow_flux.get_config(variant)
   config_lib.validate(config)
   assert dit.count_params(dit.DiTConfig(**config.model)) == OFFICIAL_MINIFLUX_PARAMS
 
 
 def test_paper_scale_shapes_are_the_official_ones_transposed():
   """A sample of the official state dict (PyTorch Linear weights are [out, in])."""
-  cfg = dit.DiTConfig(**pyramid_flow_miniflux.get_config().model)
+  cfg = dit.DiTConfig(**pyramid_flow_flux.get_config().model)
   state = nnx.state(nnx.eval_shape(lambda: make_model(cfg)), nnx.Param)
   shapes = {'.'.join(map(str, p)): tuple(v.shape) for p, v in nnx.to_flat_state(state)}
   official = {  # official name: torch shape

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 from safetensors import safe_open
 
-from configs import pyramid_flow_miniflux, pyramid_flow_sd3
+from configs import pyramid_flow_flux, pyramid_flow_sd3
 from pflow_jax.models import dit, layers, official, vae as vae_lib
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'official')
@@ -74,12 +74,20 @@ def our_output(cfg, state, clips, timesteps, text, dtype=jnp.float32):
   return model.unpatchify(out, (target.shape[1], target.shape[2] // p, target.shape[3] // p))
 
 
+def test_vae_key_map_covers_the_released_vae_exactly():
+  with open(os.path.join(FIXTURES, 'paper_scale_shapes.json')) as f:
+    shapes = {k: tuple(v) for k, v in json.load(f)['vae'].items()}
+  mapping = official.check_vae_keys(vae_lib.VAEConfig.official(), shapes)
+  assert set(mapping) == set(shapes)
+  assert sum(math.prod(shape) for _, shape, _ in mapping.values()) == 335_402_067
+
+
 @pytest.mark.parametrize('family', ['sd3', 'flux'])
 def test_key_map_covers_the_released_models_exactly(family):
   """Every key and shape of the released DiT state dicts maps onto the paper configs."""
   with open(os.path.join(FIXTURES, 'paper_scale_shapes.json')) as f:
     shapes = {k: tuple(v) for k, v in json.load(f)[family].items()}
-  module = pyramid_flow_miniflux if family == 'flux' else pyramid_flow_sd3
+  module = pyramid_flow_flux if family == 'flux' else pyramid_flow_sd3
   cfg = dit.DiTConfig(**module.get_config('768p').model)
   mapping = official.check_dit_keys(cfg, shapes)
   assert sum(math.prod(shape) for _, shape in mapping.values()) == PAPER_PARAMS[family]
