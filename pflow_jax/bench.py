@@ -106,10 +106,10 @@ def bench_variant(config, steps: int, sample_repeats: int, num_samples: int) -> 
         config, graphdef, codec, num_samples=num_samples,
         steps_per_stage=config.sample.steps_per_stage,
         guidance_scale=config.sample.guidance_scale)
-    tokens = inference.tokenize_prompts(config, ['a 3 moving left'] * num_samples)
+    text = inference.prompt_text(config, ['a 3 moving left'] * num_samples)
     key = jax.random.key(0)
-    jax.block_until_ready(generate(state.ema_params, tokens, key))  # compile
-    sample_times = _timed(lambda: generate(state.ema_params, tokens, key), sample_repeats)
+    jax.block_until_ready(generate(state.ema_params, text, key))  # compile
+    sample_times = _timed(lambda: generate(state.ema_params, text, key), sample_repeats)
   step_s = statistics.median(step_times)
   train_flops = flops.train_step_flops(config)
   return {
@@ -143,7 +143,7 @@ def attended_keys(config, generator: inference.VideoGenerator, unit: int) -> int
   return flops.dit_text_tokens(config) + history.tokens(min(unit, generator.window)) + target
 
 
-def _frame_costs(name: str, config, graphdef, params, codec, tokens, num_frames: int,
+def _frame_costs(name: str, config, graphdef, params, codec, text, num_frames: int,
                  units: list[int], repeats: int) -> list[dict]:
   """Per frame 0..num_frames-1: the keys a full-resolution target token attends, and for the
   frames in `units` the median wall time of generating that frame with a program compiled
@@ -151,12 +151,12 @@ def _frame_costs(name: str, config, graphdef, params, codec, tokens, num_frames:
   gen = inference.VideoGenerator(config, graphdef, codec, num_frames=num_frames,
                                  window=num_frames - 1, pad_history=False)
   _, h, w = config_lib.latent_size(config)
-  frames = jax.random.normal(jax.random.key(1), (tokens.shape[0], num_frames, h, w,
+  frames = jax.random.normal(jax.random.key(1), (inference.batch_size(text), num_frames, h, w,
                                                  codec.latent_channels))
   rows = [{'frame': u, 'attended_keys': attended_keys(config, gen, u), 'seconds': None}
           for u in range(num_frames)]
   for u in units:
-    run = lambda u=u: gen.generate_unit(params, tokens, frames, u, jax.random.key(0))
+    run = lambda u=u: gen.generate_unit(params, text, frames, u, jax.random.key(0))
     jax.block_until_ready(run())  # compile
     rows[u]['seconds'] = statistics.median(_timed(run, repeats))
     logging.info('%s frame %d: %.3f s', name, u, rows[u]['seconds'])
@@ -174,7 +174,7 @@ def bench_temporal(config, length_factor: int, units: list[int] | None, repeats:
     raise ValueError(f'--units must lie in [0, {num_frames - 1}], got {units}')
   graphdef, params = perturbed_params(config)
   codec = latent_codec.make_codec(config.latent)
-  tokens = inference.tokenize_prompts(config, ['a 3 moving left'])
+  text = inference.prompt_text(config, ['a 3 moving left'])
   variants = {'pyramid_cached': (True, True), 'pyramid_recomputed': (True, False),
               'full_res_history': (False, False)}
   configs = {}
@@ -184,7 +184,7 @@ def bench_temporal(config, length_factor: int, units: list[int] | None, repeats:
       c.temporal.compress_history = compress
       c.sample.cache_history = cache
     configs[name] = c
-  results = {name: _frame_costs(name, c, graphdef, params, codec, tokens, num_frames, units,
+  results = {name: _frame_costs(name, c, graphdef, params, codec, text, num_frames, units,
                                 repeats) for name, c in configs.items()}
   # Equal videos: the whole autoregressive generation, cached against recomputed, in float32
   # (bf16 rounds the two summation orders differently, and the error compounds over frames).
@@ -195,7 +195,7 @@ def bench_temporal(config, length_factor: int, units: list[int] | None, repeats:
   fp32_graphdef, fp32_params = perturbed_params(fp32['pyramid_cached'])  # the same model for both
   videos = {name: inference.VideoGenerator(
       c, fp32_graphdef, codec, num_frames=num_frames, window=num_frames - 1).latents(
-          fp32_params, tokens, jax.random.key(0)) for name, c in fp32.items()}
+          fp32_params, text, jax.random.key(0)) for name, c in fp32.items()}
   diff = float(jnp.abs(videos['pyramid_cached'] - videos['pyramid_recomputed']).max())
   seconds = lambda name, u: results[name][u]['seconds']
   keys = lambda name, u: results[name][u]['attended_keys']

@@ -196,6 +196,7 @@ def base_config() -> ml_collections.ConfigDict:
       cache_history=True,          # reuse history keys/values (model.history_conditioning 'clean')
       prompts=('a 3 moving left', 'a 7 moving down', 'a 0 moving right and a 1 moving up',
                'a 5 moving up'),
+      text_embeddings='',          # text.encoder 'precomputed': .npz of the samples' embeddings
       fps=4,
   ))
 

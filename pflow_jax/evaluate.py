@@ -113,7 +113,7 @@ def generate(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, params: 
   batch_size = min(batch_size, n)
   # Pad to whole batches so one compiled program serves every batch.
   padded = captions + [captions[-1]] * (-n % batch_size)
-  tokens = inference.tokenize_prompts(config, padded)
+  text = inference.prompt_text(config, padded)
   if config.temporal.autoregressive:
     tf = config.latent.temporal_factor
     frames = num_frames or config.data.num_frames
@@ -131,7 +131,7 @@ def generate(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, params: 
   out = []
   for start in tqdm(range(0, len(padded), batch_size), desc='sampling', unit='batch'):
     rng = jax.random.fold_in(jax.random.key(seed), start // batch_size)
-    batch_tokens = jnp.asarray(tokens[start:start + batch_size])
+    batch_text = {k: jnp.asarray(v[start:start + batch_size]) for k, v in text.items()}
     if config.temporal.autoregressive:
       prefix = None
       if first_frames is not None:
@@ -139,11 +139,11 @@ def generate(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, params: 
         given = np.concatenate([given, np.repeat(given[-1:], batch_size - len(given), 0)])
         prefix = encode(codec, jnp.asarray(given, jnp.float32) / 127.5 - 1.0)
       videos = inference.to_uint8(generator.decode(
-          generator.latents(params, batch_tokens, rng, prefix)))
+          generator.latents(params, batch_text, rng, prefix)))
       if first_frames is not None:  # the given frame as it is, not re-decoded
         videos[:, :1] = given[:, :1]
     else:
-      videos = inference.to_uint8(generate_batch(params, batch_tokens, rng))
+      videos = inference.to_uint8(generate_batch(params, batch_text, rng))
     out.append(videos)
   return np.concatenate(out)[:n]
 

@@ -21,13 +21,13 @@ from pflow_jax.pyramid import sampler, schedule as schedule_lib, temporal
 def make_generate_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
                      codec: LatentCodec, *, num_samples: int,
                      steps_per_stage: Sequence[int], guidance_scale: float):
-  """generate(params, tokens [N, L], rng) -> videos float [-1, 1] [N, T, H, W, C], jitted.
+  """generate(params, text, rng) -> videos float [-1, 1] [N, T, H, W, C], jitted.
 
   The codec (with its VAE weights, if any) is an argument of the jitted
   function, bound here, so its weights are never compile-time constants.
 
-  `tokens` are tokenized prompts for the toy text encoder. Classifier-free
-  guidance uses the empty caption as the unconditional input, as in training.
+  `text` is a text batch of N prompts (`prompt_text` or `load_text_embeddings`).
+  Classifier-free guidance contrasts it with the empty prompt, as in training.
   """
   schedule = schedule_lib.make_schedule(
       stages=config.pyramid.stages, stage_range=config.pyramid.stage_range,
@@ -40,18 +40,18 @@ def make_generate_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
     raise ValueError(f'steps_per_stage {steps} needs one entry per stage ({config.pyramid.stages})')
 
   @jax.jit
-  def generate(params: nnx.State, codec: LatentCodec, tokens: jax.Array,
+  def generate(params: nnx.State, codec: LatentCodec, text: dict[str, jax.Array],
                rng: jax.Array) -> jax.Array:
     model = nnx.merge(graphdef, params)
     with rules.use_rules(config.rules):
-      cond = model.encode_text({'tokens': tokens})
-      uncond = model.encode_text({'tokens': jnp.zeros_like(tokens)})
+      cond = model.encode_text(text)
+      uncond = model.unconditional_text(text)
       latents = sampler.sample(model.velocity, cond, uncond, rng, schedule, shape, steps,
                                guidance_scale, config.pyramid.prediction,
                                renoise=config.sample.renoise)
       return codec.decode(latents)
 
-  return lambda params, tokens, rng: generate(params, codec, tokens, rng)
+  return lambda params, text, rng: generate(params, codec, text, rng)
 
 
 def to_uint8(videos: jax.Array) -> np.ndarray:
@@ -61,6 +61,58 @@ def to_uint8(videos: jax.Array) -> np.ndarray:
 
 def tokenize_prompts(config: ml_collections.ConfigDict, prompts: Sequence[str]) -> np.ndarray:
   return text_lib.tokenize(list(prompts), config.text.max_length)
+
+
+def prompt_text(config: ml_collections.ConfigDict, prompts: Sequence[str]) -> dict[str, np.ndarray]:
+  """The text batch of prompts for a model with the toy text encoder."""
+  if config.text.encoder != 'toy':
+    raise ValueError(f"this model reads precomputed text embeddings (text.encoder="
+                     f"{config.text.encoder!r}), not prompts: give them as a file "
+                     "(sample --text_embeddings=FILE.npz; format: inference.load_text_embeddings)")
+  return {'tokens': tokenize_prompts(config, prompts)}
+
+
+def batch_size(text: dict[str, jax.Array]) -> int:
+  return int(jax.tree.leaves(text)[0].shape[0])
+
+
+# Arrays of a text-embeddings file: the prompts' and the empty prompt's ('null_').
+EMBEDDING_KEYS = ('seq', 'mask', 'pooled', 'null_seq', 'null_mask', 'null_pooled')
+
+
+def load_text_embeddings(path: str, config: ml_collections.ConfigDict,
+                         num_samples: int | None = None) -> dict[str, np.ndarray]:
+  """The text batch of `num_samples` samples (None: one per row of the file) from an .npz
+  of precomputed embeddings.
+
+  The file holds seq [N, L, model.joint_attention_dim] (e.g. T5), mask [N, L]
+  (true on real tokens), pooled [N, model.pooled_projection_dim] (e.g. CLIP),
+  and null_seq / null_mask / null_pooled with one row: the empty prompt's, for
+  classifier-free guidance. N is num_samples, or 1 for one prompt for every
+  sample. Read without pickle.
+  """
+  with np.load(path, allow_pickle=False) as f:
+    missing = [k for k in EMBEDDING_KEYS if k not in f.files]
+    if missing:
+      raise ValueError(f'{path} lacks {missing}; a text-embeddings file holds {EMBEDDING_KEYS}')
+    arrays = {k: f[k] for k in EMBEDDING_KEYS}
+  if num_samples is None:
+    num_samples = len(arrays['seq'])
+  dims = {'seq': config.model.joint_attention_dim, 'pooled': config.model.pooled_projection_dim}
+  batch = {}
+  for prefix, rows in (('', num_samples), ('null_', 1)):
+    seq, mask, pooled = (arrays[prefix + k] for k in ('seq', 'mask', 'pooled'))
+    n = seq.shape[0] if seq.ndim == 3 else -1
+    if (seq.ndim != 3 or seq.shape[-1] != dims['seq'] or mask.shape != seq.shape[:2]
+        or pooled.shape != (n, dims['pooled']) or n not in (1, rows)):
+      raise ValueError(
+          f'{path}: {prefix}seq {seq.shape}, {prefix}mask {mask.shape}, {prefix}pooled '
+          f'{pooled.shape} do not fit [{rows} or 1, L, {dims["seq"]}], [.., L], '
+          f'[.., {dims["pooled"]}] (the model\'s joint_attention_dim and pooled_projection_dim)')
+    for name, array in (('seq', seq), ('mask', mask.astype(bool)), ('pooled', pooled)):
+      array = array.astype(np.float32) if name != 'mask' else array
+      batch[f'{prefix}text_{name}'] = np.repeat(array, num_samples // array.shape[0], axis=0)
+  return batch
 
 
 def video_history_window(config: ml_collections.ConfigDict, num_frames: int) -> int:
@@ -112,11 +164,11 @@ class VideoGenerator:
     sample = config.sample
 
     @functools.partial(jax.jit, static_argnames=('history', 'first'))
-    def unit_step(params, tokens, frames, unit, rng, history, first):
+    def unit_step(params, text, frames, unit, rng, history, first):
       model = nnx.merge(graphdef, params)
       with rules.use_rules(config.rules):
-        cond = model.encode_text({'tokens': tokens})
-        uncond = model.encode_text({'tokens': jnp.zeros_like(tokens)})
+        cond = model.encode_text(text)
+        uncond = model.unconditional_text(text)
         x = sampler.sample_unit(
             model, cond, uncond, rng, self.schedule, frames, unit, self.plans(history),
             sample.steps_per_stage if first else sample.video_steps_per_stage,
@@ -128,15 +180,17 @@ class VideoGenerator:
     self._unit_step = unit_step
     self._decode = jax.jit(lambda c, z: c.decode(z))
 
-  def latents(self, params: nnx.State, tokens: jax.Array, rng: jax.Array,
+  def latents(self, params: nnx.State, text: dict[str, jax.Array], rng: jax.Array,
               prefix: jax.Array | None = None, on_frame=None) -> jax.Array:
-    """Latents [N, num_frames, h, w, C]; `prefix` [N, P, h, w, C] fixes the first P frames
-    (image-to-video: P = 1; video extension: more). on_frame(i) is called per new frame."""
-    frames = jnp.zeros((tokens.shape[0], self.num_frames) + self.shape, jnp.float32)
+    """Latents [N, num_frames, h, w, C] for a text batch of N prompts; `prefix`
+    [N, P, h, w, C] fixes the first P frames (image-to-video: P = 1; video
+    extension: more). on_frame(i) is called per new frame."""
+    n = batch_size(text)
+    frames = jnp.zeros((n, self.num_frames) + self.shape, jnp.float32)
     first = 0
     if prefix is not None:
-      if prefix.shape[0] != tokens.shape[0] or tuple(prefix.shape[2:]) != self.shape:
-        raise ValueError(f'prefix latents {prefix.shape} do not fit [N={tokens.shape[0]}, P, '
+      if prefix.shape[0] != n or tuple(prefix.shape[2:]) != self.shape:
+        raise ValueError(f'prefix latents {prefix.shape} do not fit [N={n}, P, '
                          f'{", ".join(map(str, self.shape))}]')
       first = prefix.shape[1]
       if first >= self.num_frames:
@@ -144,18 +198,18 @@ class VideoGenerator:
                          f'in {self.num_frames}')
       frames = frames.at[:, :first].set(prefix)
     for unit in range(first, self.num_frames):
-      frames = self.generate_unit(params, tokens, frames, unit, rng)
+      frames = self.generate_unit(params, text, frames, unit, rng)
       if on_frame is not None:
         jax.block_until_ready(frames)
         on_frame(unit)
     return frames
 
-  def generate_unit(self, params: nnx.State, tokens: jax.Array, frames: jax.Array, unit: int,
-                    rng: jax.Array) -> jax.Array:
+  def generate_unit(self, params: nnx.State, text: dict[str, jax.Array], frames: jax.Array,
+                    unit: int, rng: jax.Array) -> jax.Array:
     """`frames` [N, num_frames, h, w, C] with frame `unit` generated on the frames before it."""
     if not 0 <= unit < self.num_frames:
       raise ValueError(f'unit {unit} is outside the {self.num_frames} frames')
-    return self._unit_step(params, tokens, frames, jnp.int32(unit), rng,
+    return self._unit_step(params, text, frames, jnp.int32(unit), rng,
                            history=self.history_length(unit), first=unit == 0)
 
   def history_length(self, unit: int) -> int:

@@ -8,6 +8,9 @@ generated one after another, and three more things work:
   --num_frames 33            a video longer (or shorter) than the training clips
   --image first.png          image-to-video: the image is encoded as frame 0
   --video clip.mp4           video extension: continue the clip's frames
+A model trained on precomputed text embeddings (text.encoder 'precomputed', e.g.
+the released ones) takes them instead of a prompt:
+  --text_embeddings emb.npz  T5/CLIP-style embeddings (format: inference.load_text_embeddings)
 Writes the video (.mp4 or .gif: the samples side by side) and a PNG frame grid
 next to it (one row per sample); existing outputs are kept unless --overwrite,
 and an output is never one of the inputs. Uses the EMA parameters of the latest (or
@@ -33,6 +36,9 @@ from pflow_jax.training import checkpoint
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/).')
 _PROMPT = flags.DEFINE_string('prompt', None, 'Text prompt.')
+_TEXT_EMBEDDINGS = flags.DEFINE_string(
+    'text_embeddings', None, 'Instead of --prompt, for models on precomputed text: an .npz of '
+    'embeddings (seq, mask, pooled and null_*; see inference.load_text_embeddings).')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 4, 'Videos to generate.')
 _OUT = flags.DEFINE_string('out', 'samples.mp4', 'Output video path (.mp4 or .gif).')
 _STEPS = flags.DEFINE_list('steps_per_stage', None,
@@ -54,7 +60,7 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 _FPS = flags.DEFINE_integer('fps', None, 'Frames per second of the output (default: config).')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing output video and grid.')
-flags.mark_flags_as_required(['workdir', 'prompt'])
+flags.mark_flags_as_required(['workdir'])
 
 
 def conditioning_frames(config: ml_collections.ConfigDict, image: str | None,
@@ -92,10 +98,11 @@ def check_outputs(outputs: list[str], inputs: list[str | None], overwrite: bool)
       raise FileExistsError(f'{path} exists; pass --overwrite to replace it')
 
 
-def run(workdir: str, prompt: str, num_samples: int, out: str, *, seed: int = 0,
+def run(workdir: str, prompt: str | None, num_samples: int, out: str, *, seed: int = 0,
         step: int | None = None, fps: int | None = None, num_frames: int | None = None,
         image: str | None = None, video: str | None = None,
-        overrides: dict | None = None, overwrite: bool = False) -> str:
+        overrides: dict | None = None, overwrite: bool = False,
+        text_embeddings: str | None = None) -> str:
   """Samples into `out` (+ a PNG grid next to it); returns the grid's path.
 
   overrides: `sample` section fields (steps, guidance, history window, cache).
@@ -104,7 +111,10 @@ def run(workdir: str, prompt: str, num_samples: int, out: str, *, seed: int = 0,
   if ext not in ('.mp4', '.gif'):
     raise ValueError(f'--out must end in .mp4 or .gif, got {out!r}')
   grid = os.path.splitext(out)[0] + '.png'
-  check_outputs([out, grid], [image, video], overwrite)
+  check_outputs([out, grid], [image, video, text_embeddings], overwrite)
+  if (prompt is None) == (text_embeddings is None):
+    raise ValueError('give either --prompt or --text_embeddings (a model on precomputed text '
+                     'takes the file, one with the toy encoder the prompt)')
   if num_samples < 1:
     raise ValueError(f'--num_samples must be >= 1, got {num_samples}')
   config = restore.load_config(workdir, step)
@@ -120,10 +130,16 @@ def run(workdir: str, prompt: str, num_samples: int, out: str, *, seed: int = 0,
   if (pixel_frames - 1) % tf:
     raise ValueError(f'--num_frames {pixel_frames} must be 1 + a multiple of the latent '
                      f'temporal factor {tf}')
+  if text_embeddings is not None:
+    if config.text.encoder != 'precomputed':
+      raise ValueError(f'--text_embeddings: this model encodes prompts itself (text.encoder='
+                       f'{config.text.encoder!r}); give --prompt')
+    text = inference.load_text_embeddings(text_embeddings, config, num_samples)
+  else:
+    text = inference.prompt_text(config, [prompt] * num_samples)
   graphdef, params, step = restore.load_params(config, workdir, step)
   logging.info('sampling from step %d of %s', step, workdir)
   codec = latent_codec.make_codec(config.latent)
-  tokens = inference.tokenize_prompts(config, [prompt] * num_samples)
   rng = jax.random.key(seed)
   if autoregressive:
     latent_frames = 1 + (pixel_frames - 1) // tf
@@ -136,7 +152,7 @@ def run(workdir: str, prompt: str, num_samples: int, out: str, *, seed: int = 0,
       logging.info('continuing %d given frame(s) (%d latent)', len(given), prefix.shape[1])
     bar = tqdm(total=latent_frames - (0 if prefix is None else prefix.shape[1]),
                desc='frames', unit='latent frame')
-    latents = generator.latents(params, tokens, rng, prefix, on_frame=lambda _: bar.update(1))
+    latents = generator.latents(params, text, rng, prefix, on_frame=lambda _: bar.update(1))
     bar.close()
     videos = inference.to_uint8(generator.decode(latents))
     if given is not None:  # show the given frames as they are, not re-decoded
@@ -146,7 +162,7 @@ def run(workdir: str, prompt: str, num_samples: int, out: str, *, seed: int = 0,
         config, graphdef, codec, num_samples=num_samples,
         steps_per_stage=config.sample.steps_per_stage,
         guidance_scale=config.sample.guidance_scale)
-    videos = inference.to_uint8(generate(params, tokens, rng))
+    videos = inference.to_uint8(generate(params, text, rng))
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   strip = np.concatenate(list(videos), axis=2)
   video_io.write_video(out, strip, fps=fps or config.sample.fps)
@@ -165,7 +181,7 @@ def main(argv):
                             video_steps_per_stage=ints(_VIDEO_STEPS.value),
                             video_guidance_scale=_VIDEO_GUIDANCE.value,
                             history_window=_WINDOW.value, cache_history=_CACHE.value),
-             overwrite=_OVERWRITE.value)
+             overwrite=_OVERWRITE.value, text_embeddings=_TEXT_EMBEDDINGS.value)
   print(f'wrote {_OUT.value} and {grid}')
 
 

@@ -260,11 +260,11 @@ def test_cached_and_recomputed_generation_give_the_same_video(ar_model):
   from pflow_jax.models import latent_codec
   config, graphdef, params = ar_model
   codec = latent_codec.make_codec(config.latent)
-  tokens = inference.tokenize_prompts(config, ['a 3 moving left', 'a 7 moving down'])
+  text = inference.prompt_text(config, ['a 3 moving left', 'a 7 moving down'])
   videos = {}
   for cache in (True, False):
     gen = inference.VideoGenerator(config, graphdef, codec, num_frames=5, window=2, cache=cache)
-    videos[cache] = gen.latents(params, tokens, jax.random.key(0))
+    videos[cache] = gen.latents(params, text, jax.random.key(0))
   assert videos[True].shape == (2, 5, 8, 8, 16)
   np.testing.assert_allclose(videos[True], videos[False], atol=1e-4, rtol=1e-4)
   assert float(jnp.abs(videos[True][:, 4]).mean()) > 0.1    # every frame was generated
@@ -277,15 +277,15 @@ def test_generation_continues_a_prefix_and_respects_the_window(ar_model):
   from pflow_jax.models import latent_codec
   config, graphdef, params = ar_model
   codec = latent_codec.make_codec(config.latent)
-  tokens = inference.tokenize_prompts(config, ['a 3 moving left'])
+  text = inference.prompt_text(config, ['a 3 moving left'])
   gen = inference.VideoGenerator(config, graphdef, codec, num_frames=4, window=1, cache=True)
   prefix = jax.random.normal(jax.random.key(1), (1, 2, 8, 8, 16))
-  a = gen.latents(params, tokens, jax.random.key(2), prefix)
+  a = gen.latents(params, text, jax.random.key(2), prefix)
   np.testing.assert_array_equal(a[:, :2], prefix)
   # Changing frame 0 of the prefix cannot reach frame 2 (window 1 sees frame 1 only).
-  b = gen.latents(params, tokens, jax.random.key(2), prefix.at[:, 0].add(3.0))
+  b = gen.latents(params, text, jax.random.key(2), prefix.at[:, 0].add(3.0))
   np.testing.assert_allclose(a[:, 2:], b[:, 2:], atol=1e-5)
-  c = gen.latents(params, tokens, jax.random.key(2), prefix.at[:, 1].add(3.0))
+  c = gen.latents(params, text, jax.random.key(2), prefix.at[:, 1].add(3.0))
   assert float(jnp.abs(a[:, 2] - c[:, 2]).max()) > 1e-3
   with pytest.raises(ValueError, match='nothing is left'):
-    gen.latents(params, tokens, jax.random.key(2), jnp.zeros((1, 4, 8, 8, 16)))
+    gen.latents(params, text, jax.random.key(2), jnp.zeros((1, 4, 8, 8, 16)))

@@ -49,6 +49,13 @@ class FlowModel(nnx.Module):
           lambda t, n: jnp.where(keep.reshape((-1,) + (1,) * (t.ndim - 1)), t, n), text, null)
     return text
 
+  def unconditional_text(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The text condition classifier-free guidance contrasts with: the empty caption (toy
+    encoder) or the stored embeddings of the empty prompt (`null_text_*`, precomputed)."""
+    if self.text_encoder is not None:
+      return self.text_encoder(jnp.zeros_like(batch['tokens']))
+    return text_lib.precomputed_text(batch, prefix='null_text_')
+
   def velocity(self, latents: jax.Array, timesteps: jax.Array,
                text: dict[str, jax.Array]) -> jax.Array:
     """The DiT's velocity for one pyramid stage; as official, a stage's latents take

@@ -213,6 +213,18 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, state:
   return last
 
 
+def sample_text(config: ml_collections.ConfigDict) -> dict[str, np.ndarray] | None:
+  """The text batch of the samples written during training: config.sample.prompts, or for
+  precomputed text the file config.sample.text_embeddings (None: no samples)."""
+  if config.text.encoder == 'toy':
+    return inference.prompt_text(config, config.sample.prompts)
+  if config.sample.text_embeddings:
+    return inference.load_text_embeddings(config.sample.text_embeddings, config)
+  logging.warning('no samples during training: text.encoder is %r and '
+                  'sample.text_embeddings is empty', config.text.encoder)
+  return None
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the DiT in `workdir`; returns the last logged metrics."""
   config_lib.validate(config)
@@ -239,20 +251,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   example = iterator.peek()
   jitted = step_lib.jit_train_step(step_lib.make_train_step(config, graphdef, tx),
                                    mesh, config, shardings, example, codec)
-  if config.temporal.autoregressive:
+  prompts = sample_text(config)
+  if prompts is None:
+    generate = None
+  elif config.temporal.autoregressive:
     generator = inference.VideoGenerator(config, graphdef, codec,
                                          num_frames=config_lib.latent_size(config)[0])
-    generate = lambda params, tokens, rng: generator.decode(
-        generator.latents(params, tokens, rng))
+    generate = lambda params, text, rng: generator.decode(generator.latents(params, text, rng))
   else:
     generate = inference.make_generate_fn(
-        config, graphdef, codec, num_samples=len(config.sample.prompts),
+        config, graphdef, codec, num_samples=inference.batch_size(prompts),
         steps_per_stage=config.sample.steps_per_stage,
         guidance_scale=config.sample.guidance_scale)
-  prompt_tokens = inference.tokenize_prompts(config, config.sample.prompts)
-
   def on_sample(state, step):
-    videos = inference.to_uint8(generate(state.ema_params, prompt_tokens,
+    if prompts is None:
+      return
+    videos = inference.to_uint8(generate(state.ema_params, prompts,
                                          jax.random.key(config.seed + 1)))
     if jax.process_index() == 0:
       logging.info('step %d: samples in %s', step, write_samples(workdir, step, videos,
