@@ -1,8 +1,6 @@
 """The temporal pyramid through the model: fixed-shape history plans against the official
 clip concatenation, causality through the DiT, the autoregressive loss, the KV cache."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,7 +86,7 @@ def reference_unit_velocity(model, target, history_full, num_history, target_sta
   levels = flow.downsample_pyramid(history_full, STAGES) if num_history else []
   clips = temporal.temporal_clips(
       [lv[:, :num_history] for lv in levels] if num_history else [], target, target_stage, 1)
-  tokens, frame = [], 0
+  tokens = []
   ref = target.shape[2:4]
   for clip in clips:
     tok, _ = dit.embed_clip(clip, full_size=ref)
