@@ -183,6 +183,7 @@ def base_config() -> ml_collections.ConfigDict:
       keep_checkpoints=3,
       sample_every=800,
       peak_tflops_per_device=0.0,  # MFU's denominator; 0: training/flops.py's table of chips
+      init_from='',                # a workdir whose EMA weights start a fresh run (fine-tuning)
   ))
 
   c.sample = ml_collections.ConfigDict(dict(
@@ -258,7 +259,8 @@ def vae_base_config() -> ml_collections.ConfigDict:
       crop_size=16,                # train on random crops (0: whole frames); eval on whole frames
       # The last N steps train on whole frames: crops are cheap but their borders
       # and norm statistics differ from whole frames; a short finish removes that.
-      whole_frame_steps=0))
+      whole_frame_steps=0,
+      init_from=''))               # a VAE workdir whose EMA weights start a fresh run
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, sequence=1, tensor=1))
   c.rules = VAE_RULES
   c.dtype = 'float32'

@@ -99,7 +99,8 @@ def restore_or_init(ckpt: checkpoint.Checkpointer, workdir: str, config: ml_coll
                     iterator: pipeline.BatchIterator) -> Any:
   """The latest checkpoint restored into `shardings` (iterator position too), or a fresh state.
 
-  A fresh start writes the resolved config to workdir/config.json (atomically).
+  A fresh start writes the resolved config to workdir/config.json (atomically) and,
+  with config.train.init_from, starts from that workdir's EMA weights.
   A config.json of a different config in a workdir without checkpoints belongs
   to another run: FileExistsError, nothing is overwritten.
   """
@@ -107,7 +108,10 @@ def restore_or_init(ckpt: checkpoint.Checkpointer, workdir: str, config: ml_coll
   latest = ckpt.latest_step()
   if latest is None:
     write_config_json(workdir, current)
-    return init_fn()
+    state = init_fn()
+    if config.train.init_from:
+      state = _init_from(config.train.init_from, state, abstract, shardings)
+    return state
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
   state, data_state, saved = ckpt.restore(latest, target)
@@ -115,6 +119,15 @@ def restore_or_init(ckpt: checkpoint.Checkpointer, workdir: str, config: ml_coll
   _report_config_changes(saved, current)
   logging.info('resumed from step %d in %s', latest, ckpt.directory)
   return state
+
+
+def _init_from(source: str, state: Any, abstract: Any, shardings: Any) -> Any:
+  """`state` with its parameters and EMA replaced by the EMA weights of workdir `source`
+  (a converted release or another run; any mesh), the optimizer fresh at step 0."""
+  params, step = checkpoint.restore_ema_params(source, abstract.ema_params,
+                                               shardings.ema_params)
+  logging.info('initialised from the EMA weights of %s (step %d)', source, step)
+  return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
 
 
 @jax.jit
