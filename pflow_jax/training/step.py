@@ -114,19 +114,26 @@ def batch_sharding(mesh: Mesh, config: ml_collections.ConfigDict, ndim: int) -> 
   return NamedSharding(mesh, spec)
 
 
-def jit_train_step(train_step, mesh: Mesh, config: ml_collections.ConfigDict,
-                   state_shardings: TrainState, batch_example: dict[str, Any],
-                   codec: LatentCodec):
-  """step(state, batch, step_index) -> (state, metrics): jitted with explicit in/out
-  shardings, the state donated, the codec (VAE weights, if any) replicated. The
-  step index picks the autoregressive layout (one compiled program for all)."""
+def sharded_train_step(train_step, mesh: Mesh, config: ml_collections.ConfigDict,
+                       state_shardings: TrainState, batch_example: dict[str, Any],
+                       codec: LatentCodec):
+  """jax.jit(train_step) with explicit in/out shardings, the state donated and the codec
+  (VAE weights, if any) replicated; call it, or `.lower(...)` it on abstract inputs."""
   batch_sh = {k: batch_sharding(mesh, config, v.ndim) for k, v in batch_example.items()}
   replicated = NamedSharding(mesh, P())
   codec_sh = jax.tree.map(lambda _: replicated, codec)
+  return jax.jit(train_step, in_shardings=(
+      state_shardings, batch_sh, codec_sh, replicated if config.temporal.autoregressive
+      else None), out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+
+def jit_train_step(train_step, mesh: Mesh, config: ml_collections.ConfigDict,
+                   state_shardings: TrainState, batch_example: dict[str, Any],
+                   codec: LatentCodec):
+  """step(state, batch, step_index) -> (state, metrics), `sharded_train_step` with the
+  step index picking the autoregressive layout (one compiled program for all)."""
+  jitted = sharded_train_step(train_step, mesh, config, state_shardings, batch_example, codec)
   autoregressive = config.temporal.autoregressive
-  jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sh, codec_sh,
-                                             replicated if autoregressive else None),
-                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
   def step(state, batch, step_index: int = 0):
     units = units_for_step(config, step_index) if autoregressive else None
