@@ -1,18 +1,22 @@
 """The paper's models: pyramid-flow-sd3 at 384p (640x384, 5 s) and 768p (1280x768, 10 s).
 
   python -m pflow_jax.train --config=configs/pyramid_flow_sd3.py:384p --workdir=gs://... \
-      --config.data.latent_dir=gs://.../latents_384p --config.latent.vae_workdir=...
+      --config.data.latent_dir=gs://.../latents_384p --config.latent.vae_workdir=... \
+      --config.text.embeddings=.../text_384p.npz [--config.train.init_from=<converted>]
 
 The SD3-medium-sized MM-DiT (24 layers, 24 heads x 64, 2,028,334,144 parameters,
 the same network at both resolutions) trained on pre-extracted latents of the
 8x8x8 causal VAE (`python -m pflow_jax.encode`) with precomputed SD3 text
-embeddings (T5-XXL sequence 4096, CLIP-L+G pooled 2048) stored with the data.
+embeddings of the captions (T5-XXL sequence 4096, CLIP-L+G pooled 2048;
+`python -m pflow_jax.embed_text`). The released weights convert with
+`python -m pflow_jax.convert` (README).
 Hyper-parameters follow the official scripts/train_pyramid_flow.sh: AdamW
 lr 5e-5, betas (0.9, 0.95), weight decay 1e-4, clip 1.0, 1000 warm-up steps,
 bf16 compute with fp32 masters, FSDP over all devices, rematerialised blocks.
 Latent frames: 16 at 384p (121 pixel frames), 31 at 768p (241).
 Official weights cannot be downloaded in this environment: these configs are
-validated and their parameter counts tested (tests/test_dit.py), not trained here.
+validated, their parameter counts and key maps tested, and their steps compiled
+(`python -m pflow_jax.aot`), not trained here.
 """
 
 from pflow_jax import config as config_lib

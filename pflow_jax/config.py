@@ -131,6 +131,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.text = ml_collections.ConfigDict(dict(
       encoder='toy',               # 'toy' (trained jointly) | 'precomputed'
+      embeddings='',               # precomputed: the captions' embeddings (embed_text)
       max_length=40,               # bytes; moving-digits captions have at most 37
       pool=4,                      # toy encoder: DiT text tokens = max_length / pool
       width=128,

@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from pflow_jax import config as config_lib
+from pflow_jax.data import text_embeddings
 from pflow_jax.models import text as text_lib
 from pflow_jax.models.latent_codec import LatentCodec
 from pflow_jax.parallel import rules
@@ -76,42 +77,21 @@ def batch_size(text: dict[str, jax.Array]) -> int:
   return int(jax.tree.leaves(text)[0].shape[0])
 
 
-# Arrays of a text-embeddings file: the prompts' and the empty prompt's ('null_').
-EMBEDDING_KEYS = ('seq', 'mask', 'pooled', 'null_seq', 'null_mask', 'null_pooled')
-
-
 def load_text_embeddings(path: str, config: ml_collections.ConfigDict,
                          num_samples: int | None = None) -> dict[str, np.ndarray]:
-  """The text batch of `num_samples` samples (None: one per row of the file) from an .npz
-  of precomputed embeddings.
-
-  The file holds seq [N, L, model.joint_attention_dim] (e.g. T5), mask [N, L]
-  (true on real tokens), pooled [N, model.pooled_projection_dim] (e.g. CLIP),
-  and null_seq / null_mask / null_pooled with one row: the empty prompt's, for
-  classifier-free guidance. N is num_samples, or 1 for one prompt for every
-  sample. Read without pickle.
-  """
-  with np.load(path, allow_pickle=False) as f:
-    missing = [k for k in EMBEDDING_KEYS if k not in f.files]
-    if missing:
-      raise ValueError(f'{path} lacks {missing}; a text-embeddings file holds {EMBEDDING_KEYS}')
-    arrays = {k: f[k] for k in EMBEDDING_KEYS}
-  if num_samples is None:
-    num_samples = len(arrays['seq'])
-  dims = {'seq': config.model.joint_attention_dim, 'pooled': config.model.pooled_projection_dim}
+  """The text batch of `num_samples` samples (None: one per row) from an embeddings file
+  (format: data/text_embeddings.py) with num_samples rows or one for every sample."""
+  arrays = text_embeddings.read(path, config.model)
+  rows = len(arrays['seq'])
+  num_samples = rows if num_samples is None else num_samples
+  if rows not in (1, num_samples):
+    raise ValueError(f'{path} holds {rows} prompts; give one, or one per sample '
+                     f'({num_samples})')
   batch = {}
-  for prefix, rows in (('', num_samples), ('null_', 1)):
-    seq, mask, pooled = (arrays[prefix + k] for k in ('seq', 'mask', 'pooled'))
-    n = seq.shape[0] if seq.ndim == 3 else -1
-    if (seq.ndim != 3 or seq.shape[-1] != dims['seq'] or mask.shape != seq.shape[:2]
-        or pooled.shape != (n, dims['pooled']) or n not in (1, rows)):
-      raise ValueError(
-          f'{path}: {prefix}seq {seq.shape}, {prefix}mask {mask.shape}, {prefix}pooled '
-          f'{pooled.shape} do not fit [{rows} or 1, L, {dims["seq"]}], [.., L], '
-          f'[.., {dims["pooled"]}] (the model\'s joint_attention_dim and pooled_projection_dim)')
-    for name, array in (('seq', seq), ('mask', mask.astype(bool)), ('pooled', pooled)):
-      array = array.astype(np.float32) if name != 'mask' else array
-      batch[f'{prefix}text_{name}'] = np.repeat(array, num_samples // array.shape[0], axis=0)
+  for prefix in ('', 'null_'):
+    for name in ('seq', 'mask', 'pooled'):
+      array = arrays[prefix + name]
+      batch[f'{prefix}text_{name}'] = np.repeat(array, num_samples // len(array), axis=0)
   return batch
 
 

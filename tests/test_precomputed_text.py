@@ -2,6 +2,7 @@
 trains a few steps on random embeddings and `python -m pflow_jax.sample` samples from a
 file of them; bad files are refused."""
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from configs import moving_digits
 from pflow_jax import config as config_lib, inference
+from pflow_jax.data import datasets, text_embeddings
 from pflow_jax.data.synthetic import synthetic_batch
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
@@ -97,7 +99,7 @@ def test_embedding_files_are_checked(tmp_path):
   with pytest.raises(ValueError, match='joint_attention_dim'):
     write_embeddings(tmp_path / 'b.npz', config, 3, seq=np.zeros((3, 6, 5)))
     inference.load_text_embeddings(str(tmp_path / 'b.npz'), config, 3)
-  with pytest.raises(ValueError, match='do not fit'):  # 3 rows for 2 samples
+  with pytest.raises(ValueError, match='holds 3 prompts'):  # 3 rows for 2 samples
     inference.load_text_embeddings(str(good), config, 2)
   with pytest.raises(ValueError, match='precomputed'):
     inference.prompt_text(config, ['a 3 moving left'])
@@ -105,3 +107,58 @@ def test_embedding_files_are_checked(tmp_path):
   write_embeddings(pickled, config, 1, seq=np.array([{'a': 1}], dtype=object))
   with pytest.raises(ValueError, match='allow_pickle'):  # object arrays would need pickle
     inference.load_text_embeddings(str(pickled), config, 1)
+
+
+def fake_encoder(length, seq_dim, pooled_dim):
+  """A deterministic stand-in for T5/CLIP: each caption's features from its CRC."""
+  import zlib
+
+  def encode(texts):
+    rngs = [np.random.default_rng(zlib.crc32(t.encode())) for t in texts]
+    seq = np.stack([r.standard_normal((length, seq_dim)) for r in rngs])
+    mask = np.arange(length)[None] < np.array([max(1, len(t.split())) for t in texts])[:, None]
+    pooled = np.stack([r.standard_normal(pooled_dim) for r in rngs])
+    return seq, mask, pooled
+
+  return encode
+
+
+def test_training_reads_the_embeddings_of_each_caption(tmp_path):
+  """The captions' file (as embed_text writes it) feeds the real data pipeline and the
+  train CLI; a caption missing from it is an error naming it."""
+  config = precomputed_config()
+  config.data.data_dir = str(tmp_path / 'data')
+  source = datasets.source(config, 'train')
+  captions = [datasets.caption_of(source[i]) for i in range(len(source))]
+  encode = fake_encoder(6, config.model.joint_attention_dim, config.model.pooled_projection_dim)
+  path = str(tmp_path / 'captions.npz')
+  count = text_embeddings.write(path, captions, encode, batch_size=5)
+  assert count == len(set(captions)) and count > 5
+  with config.unlocked():
+    config.text.embeddings = path
+  transform = datasets.train_transform(config)
+  example = transform(source[3])
+  seq, mask, pooled = encode([captions[3]])
+  np.testing.assert_allclose(example['text_seq'], seq[0], rtol=1e-6)
+  np.testing.assert_array_equal(example['text_mask'], mask[0])
+  np.testing.assert_allclose(example['text_pooled'], pooled[0], rtol=1e-6)
+  np.testing.assert_allclose(example['null_text_seq'], encode([''])[0][0], rtol=1e-6)
+  assert example['video'].dtype == np.uint8 and 'tokens' not in example
+  lookup = text_embeddings.CaptionLookup(path, config.model)
+  with pytest.raises(KeyError, match='a 9 moving sideways'):
+    lookup('a 9 moving sideways')
+
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, '-m', 'pflow_jax.train', '--config=configs/moving_digits.py:tiny',
+       f'--workdir={workdir}', f'--config.data.data_dir={tmp_path / "data"}',
+       '--config.text.encoder=precomputed', '--config.text.max_length=6',
+       f'--config.text.embeddings={path}', f'--config.sample.text_embeddings={path}',
+       '--config.train.num_steps=2', '--config.train.log_every=1'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(workdir / 'metrics.jsonl') as f:
+    losses = [json.loads(line)['loss'] for line in f]
+  assert len(losses) == 2 and all(np.isfinite(losses))
+  assert any(name.endswith('.png') for name in os.listdir(workdir / 'samples'))

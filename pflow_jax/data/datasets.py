@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 
 from pflow_jax import config as config_lib
-from pflow_jax.data import latent_dataset, moving_digits, video_folder
+from pflow_jax.data import latent_dataset, moving_digits, text_embeddings, video_folder
 from pflow_jax.models import text as text_lib
 
 
@@ -67,18 +67,26 @@ def train_source(config: ml_collections.ConfigDict):
   return source(config, 'train')
 
 
-def _caption(record: dict[str, Any]) -> str:
+def caption_of(record: dict[str, Any]) -> str:
   caption = record['caption']
   return caption.decode() if isinstance(caption, bytes) else str(caption)
 
 
 def train_transform(config: ml_collections.ConfigDict) -> Callable[[dict[str, Any]], dict]:
-  """Record -> model inputs: uint8 'video' (or stored 'latents') and the caption's 'tokens'."""
+  """Record -> model inputs: uint8 'video' (or stored 'latents') and the caption's text:
+  'tokens' for the toy encoder, or its precomputed embeddings (text_*, null_text_*) from
+  the file text.embeddings."""
   max_length = config.text.max_length
   key = 'latents' if config.data.name == 'latents' else 'video'
+  if config.text.encoder == 'precomputed':
+    if not config.text.embeddings:
+      raise ValueError("text.encoder 'precomputed' needs text.embeddings: the captions' "
+                       'embeddings file (python -m pflow_jax.embed_text)')
+    lookup = text_embeddings.CaptionLookup(config.text.embeddings, config.model)
+    return lambda record: {key: np.asarray(record[key]), **lookup(caption_of(record))}
 
   def transform(record: dict[str, Any]) -> dict[str, np.ndarray]:
     return {key: np.asarray(record[key]),
-            'tokens': text_lib.tokenize([_caption(record)], max_length)[0]}
+            'tokens': text_lib.tokenize([caption_of(record)], max_length)[0]}
 
   return transform

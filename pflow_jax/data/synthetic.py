@@ -6,7 +6,8 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from pflow_jax import config as config_lib, inference
+from pflow_jax import config as config_lib
+from pflow_jax.models import text as text_lib
 
 
 def synthetic_batch(config: ml_collections.ConfigDict,
@@ -19,14 +20,14 @@ def synthetic_batch(config: ml_collections.ConfigDict,
                        dtype=np.uint8)
   if config.text.encoder == 'toy':
     captions = ['a 3 moving left and a 7 moving down'] * b
-    return {'video': video, **inference.prompt_text(config, captions)}
+    return {'video': video, 'tokens': text_lib.tokenize(captions, config.text.max_length)}
   return {'video': video, **random_text_embeddings(config, b, rng)}
 
 
 def random_text_embeddings(config: ml_collections.ConfigDict, n: int,
                            rng: np.random.Generator) -> dict[str, np.ndarray]:
   """Text batch arrays of n random prompts (and a random empty prompt) in the layout of
-  precomputed embeddings (inference.load_text_embeddings)."""
+  precomputed embeddings (data/text_embeddings.py)."""
   length = config.text.max_length
   out = {}
   for prefix in ('text_', 'null_text_'):
