@@ -44,7 +44,13 @@ def get_config(arg: str = '384p'):
   c.optim.update(lr=5e-5, warmup_steps=1000, b1=0.9, b2=0.95, weight_decay=1e-4,
                  clip_grad=1.0, ema_decay=0.9999)
   c.train.update(num_steps=40_000, log_every=40, checkpoint_every=2000, sample_every=2000)
+  # The released models generate frame by frame on the temporal pyramid (official
+  # train_pyramid_flow.sh: --use_temporal_pyramid, --video_sync_group 8); their history
+  # is modulated by the target's timestep, so its keys/values are recomputed per step.
+  c.temporal.update(autoregressive=True, video_sync_group=8)
   c.sample.update(steps_per_stage=(20, 20, 20), guidance_scale=9.0,
+                  video_steps_per_stage=(10, 10, 10), video_guidance_scale=5.0,
+                  cache_history=False,
                   prompts=('A movie trailer featuring the adventures of the 30 year old space '
                            'man wearing a red wool knitted motorcycle helmet',))
   c.mesh.update(data=1, fsdp=-1)
