@@ -7,9 +7,10 @@ prints their per-device memory and FLOPs; nothing is allocated (abstract inputs)
 Without accelerators --devices=N makes N host (CPU) devices; it must be given on
 the command line (it is read before JAX starts). The train step is the real one
 (AdamW, EMA, the pyramid loss) on pre-extracted latents and the config's text
-inputs, sharded by the config's mesh and rules; `sample` is one DiT forward of the
-full-resolution stage with classifier-free guidance (2 x batch), the sampler's
-largest program before the VAE decode. Memory is XLA's buffer assignment
+inputs, sharded by the config's mesh and rules; `sample` is the sampler's largest
+DiT program with classifier-free guidance (2 x batch): the whole clip at full
+resolution, or for autoregressive configs the last frame at full resolution on a
+full history window (the VAE decode is not included). Memory is XLA's buffer assignment
 (`compiled.memory_analysis()`): arguments, outputs, temporaries, and the peak
 estimate arguments + temporaries + outputs - aliased; a CPU compile approximates
 an accelerator's (fusion and layouts differ).
@@ -38,9 +39,10 @@ import ml_collections  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from pflow_jax import cli, config as config_lib  # noqa: E402
+from pflow_jax import cli, config as config_lib, inference  # noqa: E402
 from pflow_jax.models import latent_codec  # noqa: E402
 from pflow_jax.parallel import mesh as mesh_lib, rules  # noqa: E402
+from pflow_jax.pyramid import temporal  # noqa: E402
 from pflow_jax.training import flops, state as state_lib, step as step_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'DiT config.', lock_config=True)
@@ -102,29 +104,50 @@ def compile_train(config: ml_collections.ConfigDict, mesh) -> dict[str, float]:
 
 
 def compile_sample(config: ml_collections.ConfigDict, mesh) -> dict[str, float]:
+  """The sampler's largest DiT program with CFG (2 x batch): the whole clip at full
+  resolution, or for autoregressive configs the last frame's full-resolution unit on a
+  full history window (the sampler's `unit_velocity`, history recomputed)."""
   tx = state_lib.make_optimizer(config.optim)
   graphdef, abstract, shardings = state_lib.state_shardings(config, mesh, tx)
   params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract.params, shardings.params)
-  batch = 2 * max(1, mesh.size // mesh.shape.get('tensor', 1) // mesh.shape.get('sequence', 1))
-  inputs = abstract_batch(config, batch, config.latent.channels,
-                          lambda ndim: step_lib.batch_sharding(mesh, config, ndim))
+  batch = 2 * max(1, mesh.shape['data'] * mesh.shape['fsdp'])
+  sharding = lambda ndim: step_lib.batch_sharding(mesh, config, ndim)  # noqa: E731
+  inputs = abstract_batch(config, batch, config.latent.channels, sharding)
+  t, h, w = config_lib.latent_size(config)
+  stages, c = config.pyramid.stages, config.latent.channels
+  if config.temporal.autoregressive:
+    window = inference.video_history_window(config, t)
+    plan = temporal.history_plans(stages=stages, max_history=window, latent_hw=(h, w),
+                                  patch_size=config.model.patch_size,
+                                  compress=config.temporal.compress_history)[-1]
+    inputs['latents'] = jax.ShapeDtypeStruct((batch, 1, h, w, c), jnp.float32,
+                                             sharding=sharding(5))
+    bank = [jax.ShapeDtypeStruct((batch, window, h >> (stages - 1 - level),
+                                  w >> (stages - 1 - level), c), jnp.float32,
+                                 sharding=sharding(5)) for level in plan.levels]
+  else:
+    bank, window, plan = [], 0, None
 
-  def forward(params, inputs):
+  def forward(params, inputs, bank):
     model = nnx.merge(graphdef, params)
     with rules.use_rules(config.rules):
       text = model.encode_text(inputs)
       t = jnp.full((inputs['latents'].shape[0],), 500.0)
-      return model.velocity(inputs['latents'], t, text)
+      if plan is None:
+        return model.velocity(inputs['latents'], t, text)
+      return model.unit_velocity(inputs['latents'], bank, jnp.int32(window), plan, t, text)
 
   with jax.set_mesh(mesh):
-    compiled = jax.jit(forward).lower(params, inputs).compile()
+    compiled = jax.jit(forward).lower(params, inputs, bank).compile()
   row = memory_row(compiled)
-  t, h, w = config_lib.latent_size(config)
   row['batch'] = batch
+  tokens = flops.stage_video_tokens(config)[-1] // (t if plan is not None else 1)
+  if plan is not None:
+    tokens += plan.tokens(window)
+  row['video_tokens'] = tokens
   row['analytic_tflops'] = batch * flops.dit_forward_flops(
-      config.model, flops.stage_video_tokens(config)[-1], flops.dit_text_tokens(config)) \
-      / 1e12 / mesh.size
+      config.model, tokens, flops.dit_text_tokens(config)) / 1e12 / mesh.size
   return row
 
 

@@ -1,6 +1,7 @@
 """The miniFLUX DiT family: official size and names, the single-stream block against its
 formula, text and causality, sharding, the history cache, and training through the step."""
 
+import dataclasses
 import functools
 
 import jax
@@ -271,3 +272,11 @@ def test_flux_config_trains_through_the_jitted_step():
       state, metrics = step(state, batch)
   assert np.isfinite(float(metrics['loss'])) and float(metrics['loss']) > 0.1
   assert float(np.abs(last_kernel(state) - before).max()) > 0
+
+
+def test_remat_gives_the_same_forward(params):
+  """Rematerialised blocks (the paper configs) trace and give the same values."""
+  latents, t, text = make_inputs(frames=2, size=(4, 4))
+  graph = nnx.split(nnx.eval_shape(lambda: make_model(dataclasses.replace(TINY, remat=True))))[0]
+  np.testing.assert_allclose(forward(params, latents, t, text, graphdef=graph),
+                             forward(params, latents, t, text), rtol=1e-6, atol=1e-6)

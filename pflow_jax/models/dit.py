@@ -68,7 +68,6 @@ Logical axis names are listed in layers.py.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import NamedTuple
 
@@ -671,10 +670,15 @@ class PyramidDiT(nnx.Module):
       axes = jnp.concatenate([text_axes, axes], axis=1)
     return layers.rope_angles(axes, cfg.rope_axes_dim, cfg.rope_theta)
 
+  def _checkpointed(self, run_block, bounds: tuple[tuple[int, int, bool], ...]):
+    """run_block with its static bounds bound, rematerialised if cfg.remat (nnx.remat
+    takes positional arguments only)."""
+    run = lambda *args: run_block(*args, bounds=bounds)  # noqa: E731
+    return nnx.remat(run) if self.cfg.remat else run
+
   def _blocks(self, x: Array, cond: Conditions, bounds: tuple[tuple[int, int, bool], ...],
               rope: Array | None, mask: Array | None) -> Array:
-    run = functools.partial(_run_block, bounds=bounds)
-    run = nnx.remat(run) if self.cfg.remat else run
+    run = self._checkpointed(_run_block, bounds)
     context = cond.context
     for block in self.transformer_blocks:
       x, context = run(block, x, context, cond.temb, cond.context_temb, rope, mask)
@@ -683,8 +687,7 @@ class PyramidDiT(nnx.Module):
     # The text joins the video stream, modulated like the other context tokens.
     text = context.shape[1]
     joint = ((0, text, True),) + tuple((a + text, b + text, clean) for a, b, clean in bounds)
-    run = functools.partial(_run_single_block, bounds=joint)
-    run = nnx.remat(run) if self.cfg.remat else run
+    run = self._checkpointed(_run_single_block, joint)
     x = jnp.concatenate([context.astype(x.dtype), x], axis=1)
     for block in self.single_transformer_blocks:
       x = run(block, x, cond.temb, cond.context_temb, rope, mask)
