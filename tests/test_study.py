@@ -114,6 +114,10 @@ def test_study_aggregates_seeds_and_checks_the_claim(tmp_path):
   assert k1['frechet_distance']['mean'] == pytest.approx(np.mean(frechets))
   assert k1['frechet_distance']['std'] == pytest.approx(np.std(frechets, ddof=1))
   assert k1['train_seconds']['mean'] == pytest.approx(50.0)  # 100 steps at 2 steps/s
+  # A checkpoint inside a logging window counts its share of that window.
+  assert study.training_seconds(str(tmp_path / 'stages=1_seed=0'), 95) == pytest.approx(47.5)
+  with pytest.raises(ValueError, match='ends before step 101'):
+    study.training_seconds(str(tmp_path / 'stages=1_seed=0'), 101)
   norenoise = [r for r in rows if not r['renoise']]
   assert len(norenoise) == 1 and norenoise[0]['frechet_distance']['mean'] == 500.0
 

@@ -20,18 +20,19 @@ COMPUTE = ('train_flops', 'sample_flops_per_clip', 'train_seconds')
 
 def training_seconds(run_dir: str, step: int) -> float:
   """Wall time of training to `step` (compilation included, sampling excluded), from the
-  steps/s of each logged window in metrics.jsonl."""
+  steps/s of each logged window in metrics.jsonl (a step inside a window counts its share)."""
   seconds, last = 0.0, 0
   with open(os.path.join(run_dir, 'metrics.jsonl')) as f:
     for line in f:
       record = json.loads(line)
-      if 'steps_per_sec' not in record or record['step'] > step:
+      if 'steps_per_sec' not in record:
         continue
-      seconds += (record['step'] - last) / record['steps_per_sec']
-      last = record['step']
-  if last != step:
-    raise ValueError(f'{run_dir}/metrics.jsonl has no logged window ending at step {step}')
-  return seconds
+      end = min(record['step'], step)
+      seconds += (end - last) / record['steps_per_sec']
+      last = end
+      if last == step:
+        return seconds
+  raise ValueError(f'{run_dir}/metrics.jsonl ends before step {step}')
 
 
 def load_reports(workdir: str) -> list[dict]:
