@@ -81,12 +81,6 @@ def check_official_class(folder: str, family: str) -> None:
                      f'config has model.family={family!r}')
 
 
-def _fill(abstract: nnx.State, values: Callable[[tuple], np.ndarray]) -> nnx.State:
-  for path, var in nnx.to_flat_state(abstract):
-    var.set_value(values(path))
-  return abstract
-
-
 def dit_ema_params(config: ml_collections.ConfigDict, folder: str) -> nnx.State:
   """The DiT config's parameter tree (FlowModel) filled with the official weights."""
   if config.text.encoder != 'precomputed':
@@ -96,16 +90,14 @@ def dit_ema_params(config: ml_collections.ConfigDict, folder: str) -> nnx.State:
   check_official_class(folder, cfg.family)
   loaders, shapes = read_safetensors(folder)
   params = official.load_dit_params(cfg, loaders, shapes)
-  _, abstract = state_lib.abstract_model(config)
-  return _fill(abstract, lambda path: params.pop('.'.join(map(str, path[1:]))))
+  return official.filled(state_lib.abstract_model(config)[1], params, skip=1)
 
 
 def vae_ema_params(config: ml_collections.ConfigDict, folder: str) -> nnx.State:
   """The VAE config's parameter tree filled with the official weights."""
   loaders, shapes = read_safetensors(folder)
   params = official.load_vae_params(vae_step.vae_config(config), loaders, shapes)
-  _, _, abstract, _ = vae_step.abstract_models(config)
-  return _fill(abstract, lambda path: params.pop('.'.join(map(str, path))))
+  return official.filled(vae_step.abstract_models(config)[2], params)
 
 
 def write_workdir(workdir: str, config: ml_collections.ConfigDict, ema_params: nnx.State) -> None:

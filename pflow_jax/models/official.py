@@ -114,13 +114,18 @@ def load_dit_params(cfg: dit_lib.DiTConfig, official: Mapping[str, Callable[[], 
           for key, (path, _) in mapping.items()}
 
 
+def filled(abstract: nnx.State, params: Mapping[str, np.ndarray], skip: int = 0) -> nnx.State:
+  """An abstract parameter state with each leaf set to params[its dotted path], the path's
+  first `skip` parts left out (e.g. 1 for a FlowModel's 'dit.')."""
+  for path, var in nnx.to_flat_state(abstract):
+    var.set_value(params['.'.join(map(str, path[skip:]))])
+  return abstract
+
+
 def dit_state(cfg: dit_lib.DiTConfig, params: Mapping[str, np.ndarray]) -> nnx.State:
   """The DiT's parameter state with `params` ({dotted path: array}) filled in."""
-  abstract = nnx.eval_shape(lambda: dit_lib.PyramidDiT(cfg, rngs=nnx.Rngs(0)))
-  state = nnx.state(abstract, nnx.Param)
-  for path, var in nnx.to_flat_state(state):
-    var.set_value(params['.'.join(map(str, path))])
-  return state
+  return filled(nnx.state(nnx.eval_shape(lambda: dit_lib.PyramidDiT(cfg, rngs=nnx.Rngs(0))),
+                          nnx.Param), params)
 
 
 def _vae_map(cfg: vae_lib.VAEConfig) -> dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]]:
@@ -150,8 +155,5 @@ def load_vae_params(cfg: vae_lib.VAEConfig, official: Mapping[str, Callable[[], 
 
 def vae_state(cfg: vae_lib.VAEConfig, params: Mapping[str, np.ndarray]) -> nnx.State:
   """The VAE's parameter state with `params` ({dotted path: array}) filled in."""
-  abstract = nnx.eval_shape(lambda: vae_lib.CausalVAE(cfg, rngs=nnx.Rngs(0)))
-  state = nnx.state(abstract, nnx.Param)
-  for path, var in nnx.to_flat_state(state):
-    var.set_value(params['.'.join(map(str, path))])
-  return state
+  return filled(nnx.state(nnx.eval_shape(lambda: vae_lib.CausalVAE(cfg, rngs=nnx.Rngs(0))),
+                          nnx.Param), params)
