@@ -40,7 +40,7 @@ def write_embeddings(path, config, n, seed=0, **changes):
   np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
 
 
-@pytest.mark.parametrize('variants', [(), ('ar',)])
+@pytest.mark.parametrize('variants', [(), pytest.param(('ar',), marks=pytest.mark.slow)])
 def test_train_on_embeddings_then_sample_from_a_file(tmp_path, variants):
   config = precomputed_config(*variants)
   mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
