@@ -1,6 +1,6 @@
 r"""Tables and plots of a sweep's evaluations: mean and spread over seeds.
 
-  python launch/study.py --workdir=runs/repro --out=docs/reproduction
+  python launch/study.py --workdir=runs/repro --out=docs/reproduction_study
 
 reads every run under --workdir (its config.json, metrics.jsonl and the
 eval/*.json reports that `python -m pflow_jax.evaluate` wrote), groups the
