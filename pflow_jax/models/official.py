@@ -122,12 +122,6 @@ def filled(abstract: nnx.State, params: Mapping[str, np.ndarray], skip: int = 0)
   return abstract
 
 
-def dit_state(cfg: dit_lib.DiTConfig, params: Mapping[str, np.ndarray]) -> nnx.State:
-  """The DiT's parameter state with `params` ({dotted path: array}) filled in."""
-  return filled(nnx.state(nnx.eval_shape(lambda: dit_lib.PyramidDiT(cfg, rngs=nnx.Rngs(0))),
-                          nnx.Param), params)
-
-
 def _vae_map(cfg: vae_lib.VAEConfig) -> dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]]:
   """official key -> (our dotted path, our shape, axes that transpose the torch array)."""
   abstract = nnx.eval_shape(lambda: vae_lib.CausalVAE(cfg, rngs=nnx.Rngs(0)))
@@ -151,9 +145,3 @@ def load_vae_params(cfg: vae_lib.VAEConfig, official: Mapping[str, Callable[[], 
   mapping = check_vae_keys(cfg, shapes)
   return {path: np.ascontiguousarray(np.transpose(np.asarray(official[key]()), axes), np.float32)
           for key, (path, _, axes) in mapping.items()}
-
-
-def vae_state(cfg: vae_lib.VAEConfig, params: Mapping[str, np.ndarray]) -> nnx.State:
-  """The VAE's parameter state with `params` ({dotted path: array}) filled in."""
-  return filled(nnx.state(nnx.eval_shape(lambda: vae_lib.CausalVAE(cfg, rngs=nnx.Rngs(0))),
-                          nnx.Param), params)
