@@ -26,7 +26,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pflow_jax.eval import reports  # noqa: E402  (the repository root is on the path above)
-from pflow_jax.training import checkpoint  # noqa: E402
+from pflow_jax import checkpoint  # noqa: E402
 
 _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file with a sweep(add) function.')
 _CONFIG = flags.DEFINE_string('config', None, 'Config file (and :variant) for every run.')

@@ -159,10 +159,7 @@ def main(argv):
     raise ValueError(f'--devices={_DEVICES.value} but JAX sees {jax.device_count()} devices '
                      f'({jax.devices()[0].platform}); give --devices only on a CPU host')
   mesh = mesh_lib.make_mesh(dict(config.mesh))
-  shards = mesh.shape['data'] * mesh.shape['fsdp']
-  if config.data.global_batch_size % shards:
-    raise ValueError(f'data.global_batch_size {config.data.global_batch_size} is not divisible '
-                     f'by the {shards} batch shards (mesh data x fsdp)')
+  mesh_lib.check_global_batch(config.data.global_batch_size, mesh)
   unknown = set(_WHAT.value) - {'train', 'sample'}
   if unknown:
     raise ValueError(f'--what: unknown {sorted(unknown)}; use train, sample')

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import ml_collections
 
-from pflow_jax.pyramid import flow as flow_lib
-
 # Logical axis -> mesh axes for the DiT (see pflow_jax/parallel/rules.py).
 # Batch over data and fsdp (FSDP shards parameters along 'embed' and is
 # data-parallel for activations); heads and MLP over tensor; tokens over
@@ -18,6 +16,7 @@ from pflow_jax.pyramid import flow as flow_lib
 DATASETS = ('moving_digits', 'video_folder', 'latents')
 LATENT_KINDS = ('space_to_depth', 'vae')
 DTYPES = ('float32', 'bfloat16')
+PREDICTIONS = ('velocity', 'clean')  # what the DiT outputs (pyramid/flow.velocity_from_prediction)
 
 # Logical axis -> mesh axes for the VAE: frames stay whole on each device (the
 # causal convs and the chunk carry run along time); large frames split over
@@ -341,8 +340,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   k = config.pyramid.stages
   if k < 1:
     raise ValueError(f'pyramid.stages must be >= 1, got {k}')
-  if config.pyramid.prediction not in flow_lib.PREDICTIONS:
-    raise ValueError(f'pyramid.prediction must be one of {flow_lib.PREDICTIONS}, got '
+  if config.pyramid.prediction not in PREDICTIONS:
+    raise ValueError(f'pyramid.prediction must be one of {PREDICTIONS}, got '
                      f'{config.pyramid.prediction!r}')
   if len(config.pyramid.sample_ratios) != k:
     raise ValueError(f'pyramid.sample_ratios {list(config.pyramid.sample_ratios)} needs one '

@@ -32,9 +32,9 @@ from flax import nnx
 from ml_collections import config_flags
 from safetensors import safe_open
 
-from pflow_jax import cli, config as config_lib
+from pflow_jax import checkpoint, cli, config as config_lib
 from pflow_jax.models import dit as dit_lib, official
-from pflow_jax.training import checkpoint, loop, state as state_lib, vae_step
+from pflow_jax.training import loop, state as state_lib, vae_step
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'The model\'s config (DiT or VAE).',
                                           lock_config=True)

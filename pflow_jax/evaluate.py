@@ -46,7 +46,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from pflow_jax import cli, config as config_lib, inference, restore
+from pflow_jax import checkpoint, cli, config as config_lib, inference, restore
 from pflow_jax.data import datasets, video_io
 from pflow_jax.eval import conditioning
 from pflow_jax.eval import digits as digits_lib
@@ -54,7 +54,6 @@ from pflow_jax.eval import frechet, i3d
 from pflow_jax.eval import grid as grid_lib
 from pflow_jax.eval import reports
 from pflow_jax.models import latent_codec
-from pflow_jax.training import checkpoint
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/).')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 256, 'Clips to generate and score.')

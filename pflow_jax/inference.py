@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -200,3 +201,35 @@ class VideoGenerator:
 
   def decode(self, latents: jax.Array) -> jax.Array:
     return self._decode(self.codec, latents)
+
+
+def sample_text(config: ml_collections.ConfigDict) -> dict[str, np.ndarray] | None:
+  """The text batch of the samples written during training: config.sample.prompts, or for
+  precomputed text the file config.sample.text_embeddings (None: no samples)."""
+  if config.text.encoder == 'toy':
+    return prompt_text(config, config.sample.prompts)
+  if config.sample.text_embeddings:
+    return load_text_embeddings(config.sample.text_embeddings, config)
+  logging.warning('no samples during training: text.encoder is %r and '
+                  'sample.text_embeddings is empty', config.text.encoder)
+  return None
+
+
+def training_sampler(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
+                     codec: LatentCodec) -> Callable[[nnx.State, jax.Array], np.ndarray] | None:
+  """sample(params, rng) -> uint8 videos of the config's sample prompts, as the trainer
+  writes them every train.sample_every steps (training/loop.train's make_sampler);
+  None when there is nothing to sample."""
+  text = sample_text(config)
+  if text is None:
+    return None
+  if config.temporal.autoregressive:
+    generator = VideoGenerator(config, graphdef, codec,
+                               num_frames=config_lib.latent_size(config)[0])
+    generate = lambda params, rng: generator.decode(generator.latents(params, text, rng))
+  else:
+    fn = make_generate_fn(config, graphdef, codec, num_samples=batch_size(text),
+                          steps_per_stage=config.sample.steps_per_stage,
+                          guidance_scale=config.sample.guidance_scale)
+    generate = lambda params, rng: fn(params, text, rng)
+  return lambda params, rng: to_uint8(generate(params, rng))

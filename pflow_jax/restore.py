@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from pflow_jax import config as config_lib
+from pflow_jax import checkpoint, config as config_lib
 from pflow_jax.parallel import mesh as mesh_lib
-from pflow_jax.training import checkpoint, state as state_lib
+from pflow_jax.training import state as state_lib
 
 
 def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:

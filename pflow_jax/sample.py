@@ -29,10 +29,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pflow_jax import cli, config as config_lib, inference, restore
+from pflow_jax import checkpoint, cli, config as config_lib, inference, restore
 from pflow_jax.data import video_folder, video_io
 from pflow_jax.models import latent_codec
-from pflow_jax.training import checkpoint
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/).')
 _PROMPT = flags.DEFINE_string('prompt', None, 'Text prompt.')

@@ -10,8 +10,8 @@ Rerunning the same command resumes from the last complete checkpoint in
 from absl import flags
 from ml_collections import config_flags
 
-from pflow_jax import cli, distributed
-from pflow_jax.training import checkpoint, loop
+from pflow_jax import checkpoint, cli, distributed, inference
+from pflow_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -22,7 +22,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   distributed.initialize()
-  loop.train(_CONFIG.value, _WORKDIR.value)
+  loop.train(_CONFIG.value, _WORKDIR.value, make_sampler=inference.training_sampler)
 
 
 if __name__ == '__main__':

@@ -15,8 +15,8 @@ as `eval_psnr` and reconstructions are written to --workdir/samples.
 from absl import flags
 from ml_collections import config_flags
 
-from pflow_jax import cli, distributed
-from pflow_jax.training import checkpoint, vae_loop
+from pflow_jax import checkpoint, cli, distributed
+from pflow_jax.training import vae_loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'VAE config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, samples.')

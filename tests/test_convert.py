@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pflow_jax import restore
-from pflow_jax.models import dit, official
+from pflow_jax import checkpoint, restore
+from pflow_jax.models import dit, official, vae_load
 from pflow_jax.parallel import mesh as mesh_lib
-from pflow_jax.training import checkpoint, loop, state as state_lib, vae_restore
+from pflow_jax.training import loop, state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, 'tests', 'fixtures', 'official')
@@ -147,7 +147,7 @@ def test_converted_vae_encodes_like_the_official(tmp_path):
   workdir = tmp_path / 'vae'
   code, out = convert(f'--config={config_file}', f'--vae={folder}', f'--workdir={workdir}')
   assert code == 0, out
-  vae_config, graphdef, params, step = vae_restore.load_vae(str(workdir))
+  vae_config, graphdef, params, step = vae_load.load_vae(str(workdir))
   io = np.load(os.path.join(FIXTURES, 'vae_io.npz'))
   video = jax.numpy.asarray(np.moveaxis(io['video'], 1, -1))
   mean, _ = jax.jit(lambda p, v: tuple(nnx.merge(graphdef, p).encode(v)))(params, video)

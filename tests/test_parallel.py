@@ -25,6 +25,13 @@ def test_resolve_rejects_bad_meshes(sizes, message):
     mesh_lib.resolve_axis_sizes(sizes, 8)
 
 
+def test_global_batch_must_split_over_the_batch_axes():
+  mesh = mesh_lib.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
+  mesh_lib.check_global_batch(12, mesh)  # 4 batch shards; tensor does not split the batch
+  with pytest.raises(ValueError, match='not divisible by the 4 batch shards'):
+    mesh_lib.check_global_batch(6, mesh)
+
+
 def test_logical_to_spec_uses_each_mesh_axis_once_and_drops_size_one_axes():
   mesh = mesh_lib.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
   assert rules.logical_to_spec(('batch', 'embed'), RULES, mesh) == P(('data', 'fsdp'), None)

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from configs import moving_digits
-from pflow_jax import config as config_lib, inference
+from pflow_jax import checkpoint, config as config_lib, inference
 from pflow_jax.data import datasets, text_embeddings
 from pflow_jax.data.synthetic import synthetic_batch
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
-from pflow_jax.training import checkpoint, loop, state as state_lib, step as step_lib
+from pflow_jax.training import loop, state as state_lib, step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,6 +9,7 @@ import pytest
 
 from pflow_jax.pyramid import flow
 from pflow_jax.pyramid import temporal
+import temporal_reference
 
 # Stage of each history unit, oldest -> newest, written from the spec for K = 3:
 # newest at the target's stage, each older one stage coarser, the rest at 0.
@@ -57,9 +58,9 @@ def test_history_stages_match_official_loop():
 
 def test_unit_frames():
   # Unit 0 is frame 0 alone; later units hold frame_per_unit frames.
-  assert [temporal.unit_frames(n, 1) for n in range(4)] == [0, 1, 2, 3]
-  assert [temporal.unit_frames(n, 2) for n in range(4)] == [0, 1, 3, 5]
-  assert [temporal.unit_range(u, 5) for u in range(3)] == [(0, 1), (1, 6), (6, 11)]
+  assert [temporal_reference.unit_frames(n, 1) for n in range(4)] == [0, 1, 2, 3]
+  assert [temporal_reference.unit_frames(n, 2) for n in range(4)] == [0, 1, 3, 5]
+  assert [temporal_reference.unit_range(u, 5) for u in range(3)] == [(0, 1), (1, 6), (6, 11)]
 
 
 @pytest.mark.parametrize('fpu', [1, 2])
@@ -67,17 +68,17 @@ def test_unit_frames():
 @pytest.mark.parametrize('target_stage', [0, 1, 2])
 def test_temporal_clips_content(fpu, num_units, target_stage):
   stages = 3
-  total = temporal.unit_frames(num_units + 1, fpu)     # one more unit than used
+  total = temporal_reference.unit_frames(num_units + 1, fpu)     # one more unit than used
   video = jnp.asarray(np.random.default_rng(num_units).normal(size=(2, total, 8, 8, 3)),
                       jnp.float32)
   full = flow.downsample_pyramid(video, stages)
-  history, targets = temporal.split_units(full, num_units, fpu)
-  t_hist = temporal.unit_frames(num_units - 1, fpu)
+  history, targets = temporal_reference.split_units(full, num_units, fpu)
+  t_hist = temporal_reference.unit_frames(num_units - 1, fpu)
   assert history[0].shape[1] == t_hist
   np.testing.assert_array_equal(targets[target_stage],
                                 full[target_stage][:, t_hist:t_hist + (fpu if t_hist else 1)])
 
-  clips = temporal.temporal_clips(history, targets[target_stage], target_stage, fpu)
+  clips = temporal_reference.temporal_clips(history, targets[target_stage], target_stage, fpu)
   np.testing.assert_array_equal(clips[-1], targets[target_stage])
   # Walk the history clips frame by frame: each frame must be its unit's stage level.
   hand = HAND_STAGES[(num_units - 1, target_stage)]
@@ -88,30 +89,30 @@ def test_temporal_clips_content(fpu, num_units, target_stage):
       np.testing.assert_array_equal(clip[:, i], full[stage][:, frame])
       frame += 1
   assert frame == t_hist
-  shapes = temporal.clip_shapes(num_units - 1, target_stage, fpu, (8, 8), stages)
+  shapes = temporal_reference.clip_shapes(num_units - 1, target_stage, fpu, (8, 8), stages)
   assert shapes == tuple(c.shape[1:4] for c in clips)
 
 
 def test_official_clip_grouping():
   # 4 history units, target at stage 2, 2 frames per unit: units 0-1 at stage 0
   # in one clip (frames 0..2), unit 2 at stage 1, unit 3 at stage 2.
-  assert temporal.history_clips(4, 2, 2) == (
-      temporal.HistoryClip(0, 0, 3), temporal.HistoryClip(1, 3, 2),
-      temporal.HistoryClip(2, 5, 2))
+  assert temporal_reference.history_clips(4, 2, 2) == (
+      temporal_reference.HistoryClip(0, 0, 3), temporal_reference.HistoryClip(1, 3, 2),
+      temporal_reference.HistoryClip(2, 5, 2))
   # Target at stage 0: the newest unit is its own clip, the rest one clip.
-  assert temporal.history_clips(4, 0, 1) == (
-      temporal.HistoryClip(0, 0, 3), temporal.HistoryClip(0, 3, 1))
-  assert temporal.clip_shapes(4, 2, 2, (16, 8), 3) == (
+  assert temporal_reference.history_clips(4, 0, 1) == (
+      temporal_reference.HistoryClip(0, 0, 3), temporal_reference.HistoryClip(0, 3, 1))
+  assert temporal_reference.clip_shapes(4, 2, 2, (16, 8), 3) == (
       (3, 4, 2), (2, 8, 4), (2, 16, 8), (2, 16, 8))
-  assert temporal.clip_shapes(0, 1, 2, (16, 8), 3) == ((1, 8, 4),)
+  assert temporal_reference.clip_shapes(0, 1, 2, (16, 8), 3) == ((1, 8, 4),)
 
 
 def test_temporal_clips_under_jit():
   video = jnp.asarray(np.random.default_rng(3).normal(size=(1, 4, 8, 8, 2)), jnp.float32)
-  history, targets = temporal.split_units(flow.downsample_pyramid(video, 3), 4, 1)
-  fn = jax.jit(temporal.temporal_clips, static_argnums=(2, 3))
+  history, targets = temporal_reference.split_units(flow.downsample_pyramid(video, 3), 4, 1)
+  fn = jax.jit(temporal_reference.temporal_clips, static_argnums=(2, 3))
   for a, b in zip(fn(history, targets[1], 1, 1),
-                  temporal.temporal_clips(history, targets[1], 1, 1)):
+                  temporal_reference.temporal_clips(history, targets[1], 1, 1)):
     np.testing.assert_array_equal(a, b)
 
 
@@ -119,13 +120,13 @@ def test_temporal_clips_rejects_bad_input():
   video = jnp.zeros((1, 5, 8, 8, 2))
   levels = flow.downsample_pyramid(video, 3)
   with pytest.raises(ValueError, match='whole units'):
-    temporal.temporal_clips([lv[:, :4] for lv in levels], levels[2][:, 4:5], 2, 2)
+    temporal_reference.temporal_clips([lv[:, :4] for lv in levels], levels[2][:, 4:5], 2, 2)
   with pytest.raises(ValueError, match='frame'):
-    temporal.temporal_clips([lv[:, :3] for lv in levels], levels[2][:, 3:4], 2, 2)
+    temporal_reference.temporal_clips([lv[:, :3] for lv in levels], levels[2][:, 3:4], 2, 2)
   with pytest.raises(ValueError, match='resolution'):
-    temporal.temporal_clips([lv[:, :3] for lv in levels], levels[1][:, 3:5], 2, 2)
+    temporal_reference.temporal_clips([lv[:, :3] for lv in levels], levels[1][:, 3:5], 2, 2)
   with pytest.raises(ValueError, match='frames'):
-    temporal.split_units(levels, 4, 2)
+    temporal_reference.split_units(levels, 4, 2)
 
 
 def test_corruption_statistics():
@@ -240,8 +241,8 @@ def test_interp_positions_are_block_centres():
 
 
 def test_token_layout_matches_naive_loop():
-  shapes = temporal.clip_shapes(4, 2, 2, (8, 16), 3)      # 4 history units, 2 frames each
-  lay = temporal.token_layout(shapes, patch_size=2)
+  shapes = temporal_reference.clip_shapes(4, 2, 2, (8, 16), 3)      # 4 history units, 2 frames each
+  lay = temporal_reference.token_layout(shapes, patch_size=2)
   ref_h, ref_w = shapes[-1][1] // 2, shapes[-1][2] // 2
   expected, frame = [], 0
   for t, h, w in shapes:
@@ -256,11 +257,11 @@ def test_token_layout_matches_naive_loop():
   np.testing.assert_array_equal(lay.frame_index, np.array(expected)[:, 0])
   assert lay.clip_lengths == tuple(t * h * w // 4 for t, h, w in shapes)
   assert lay.tokens_per_frame == tuple(h * w // 4 for t, h, w in shapes for _ in range(t))
-  assert frame == temporal.unit_frames(5, 2)
+  assert frame == temporal_reference.unit_frames(5, 2)
   with pytest.raises(ValueError, match='finest'):
-    temporal.token_layout([(1, 8, 8), (1, 4, 4)])
+    temporal_reference.token_layout([(1, 8, 8), (1, 4, 4)])
   with pytest.raises(ValueError, match='patch_size'):
-    temporal.token_layout([(1, 6, 6)], patch_size=4)
+    temporal_reference.token_layout([(1, 6, 6)], patch_size=4)
 
 
 def naive_mask(text_valid, frames, causal):
@@ -286,10 +287,10 @@ def naive_mask(text_valid, frames, causal):
 @pytest.mark.parametrize('num_units', [1, 2, 5])
 @pytest.mark.parametrize('causal', [True, False])
 def test_attention_mask_matches_rules(fpu, num_units, causal):
-  lay = temporal.token_layout(temporal.clip_shapes(num_units - 1, 2, fpu, (8, 8), 3),
+  lay = temporal_reference.token_layout(temporal_reference.clip_shapes(num_units - 1, 2, fpu, (8, 8), 3),
                               patch_size=2)
   text_valid = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
-  seg, order = temporal.joint_token_ids(jnp.asarray(text_valid), lay.frame_index)
+  seg, order = temporal_reference.joint_token_ids(jnp.asarray(text_valid), lay.frame_index)
   mask = np.asarray(jax.jit(temporal.attention_mask, static_argnames='temporal_causal')(
       seg, order, temporal_causal=causal))
   for b in range(2):
@@ -298,10 +299,10 @@ def test_attention_mask_matches_rules(fpu, num_units, causal):
 
 
 def test_packed_segments_do_not_mix():
-  lays = [temporal.token_layout(temporal.clip_shapes(n, s, 1, (8, 8), 3), 2)
+  lays = [temporal_reference.token_layout(temporal_reference.clip_shapes(n, s, 1, (8, 8), 3), 2)
           for n, s in ((3, 1), (2, 2))]
   valid = [np.array([[1, 1, 0]], bool), np.array([[1, 0, 0, 0]], bool)]
-  ids = [temporal.joint_token_ids(jnp.asarray(v), lay.frame_index, segment=i + 1)
+  ids = [temporal_reference.joint_token_ids(jnp.asarray(v), lay.frame_index, segment=i + 1)
          for i, (v, lay) in enumerate(zip(valid, lays))]
   filler = 3
   seg = jnp.concatenate([ids[0][0], ids[1][0], jnp.zeros((1, filler), jnp.int32)], axis=1)
@@ -319,22 +320,22 @@ def test_packed_segments_do_not_mix():
 
 
 def test_frame_block_mask_expands_to_dense_mask():
-  lays = [temporal.token_layout(temporal.clip_shapes(n, s, f, (8, 8), 3), 2)
+  lays = [temporal_reference.token_layout(temporal_reference.clip_shapes(n, s, f, (8, 8), 3), 2)
           for n, s, f in ((4, 2, 2), (1, 0, 1))]
   text_lens = (3, 2)
-  sizes, blocks = temporal.frame_block_mask(
+  sizes, blocks = temporal_reference.frame_block_mask(
       [(lt, lay.tokens_per_frame) for lt, lay in zip(text_lens, lays)])
   assert blocks.shape == (len(sizes), len(sizes))
   dense = np.repeat(np.repeat(blocks, sizes, axis=0), sizes, axis=1)
-  ids = [temporal.joint_token_ids(jnp.ones((1, lt), bool), lay.frame_index, segment=i + 1)
+  ids = [temporal_reference.joint_token_ids(jnp.ones((1, lt), bool), lay.frame_index, segment=i + 1)
          for i, (lt, lay) in enumerate(zip(text_lens, lays))]
   seg = jnp.concatenate([i[0] for i in ids], axis=1)
   order = jnp.concatenate([i[1] for i in ids], axis=1)
   np.testing.assert_array_equal(dense, np.asarray(temporal.attention_mask(seg, order))[0])
   # With padded text: block mask AND key validity agrees on every valid query row.
   valid = np.array([1, 1, 0], bool)
-  s1, o1 = temporal.joint_token_ids(jnp.asarray(valid[None]), lays[0].frame_index)
-  sizes1, blocks1 = temporal.frame_block_mask([(3, lays[0].tokens_per_frame)])
+  s1, o1 = temporal_reference.joint_token_ids(jnp.asarray(valid[None]), lays[0].frame_index)
+  sizes1, blocks1 = temporal_reference.frame_block_mask([(3, lays[0].tokens_per_frame)])
   keys = np.concatenate([valid, np.ones(len(lays[0].frame_index), bool)])
   dense1 = np.repeat(np.repeat(blocks1, sizes1, axis=0), sizes1, axis=1) & keys[None, :]
   np.testing.assert_array_equal(dense1[keys], np.asarray(temporal.attention_mask(s1, o1))[0][keys])

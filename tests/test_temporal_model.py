@@ -10,6 +10,7 @@ from flax import nnx
 from configs import moving_digits
 from pflow_jax.models import flow_model
 from pflow_jax.pyramid import flow, schedule as schedule_lib, temporal
+import temporal_reference
 from tests.test_flow import exact_dirac_velocity
 
 STAGES, HW, PATCH = 3, (8, 8), 2
@@ -21,8 +22,8 @@ def test_history_plan_lays_out_the_official_clips(units, target_stage):
   """Valid slots = the official history clips (stages, frames, positions), oldest first."""
   plan = temporal.history_plan(target_stage, 4, stages=STAGES, latent_hw=HW, patch_size=PATCH)
   n = units - 1
-  shapes = temporal.clip_shapes(n, target_stage, 1, HW, STAGES)
-  layout = temporal.token_layout(shapes, patch_size=PATCH)
+  shapes = temporal_reference.clip_shapes(n, target_stage, 1, HW, STAGES)
+  layout = temporal_reference.token_layout(shapes, patch_size=PATCH)
   history_tokens = sum(layout.clip_lengths[:-1])
   valid = plan.valid[n]
   assert valid.sum() == history_tokens == plan.tokens(n)
@@ -30,7 +31,7 @@ def test_history_plan_lays_out_the_official_clips(units, target_stage):
   np.testing.assert_allclose(plan.positions[n][:history_tokens],
                              layout.positions[:history_tokens], atol=1e-6)
   # Each slot reads the bank token of its frame at its clip's stage.
-  clips = temporal.history_clips(n, target_stage, 1)
+  clips = temporal_reference.history_clips(n, target_stage, 1)
   expected = []
   for clip in clips:
     level = plan.levels.index(clip.stage)
@@ -84,17 +85,17 @@ def reference_unit_velocity(model, target, history_full, num_history, target_sta
   """The official way: concatenate the history clips and the target, dense mask."""
   dit = model.dit
   levels = flow.downsample_pyramid(history_full, STAGES) if num_history else []
-  clips = temporal.temporal_clips(
+  clips = temporal_reference.temporal_clips(
       [lv[:, :num_history] for lv in levels] if num_history else [], target, target_stage, 1)
   tokens = []
   ref = target.shape[2:4]
   for clip in clips:
     tok, _ = dit.embed_clip(clip, full_size=ref)
     tokens.append(tok)
-  layout = temporal.token_layout([c.shape[1:4] for c in clips], patch_size=PATCH)
+  layout = temporal_reference.token_layout([c.shape[1:4] for c in clips], patch_size=PATCH)
   tokens = jnp.concatenate(tokens, axis=1)
   cond = dit.embed_conditions(t, text)
-  seg, order = temporal.joint_token_ids(text['mask'], layout.frame_index)
+  seg, order = temporal_reference.joint_token_ids(text['mask'], layout.frame_index)
   mask = temporal.attention_mask(seg, order)
   out = dit.forward_tokens(tokens, cond, jnp.asarray(layout.positions)[None], mask,
                            history=sum(layout.clip_lengths[:-1]))
@@ -128,14 +129,14 @@ def test_unit_outputs_are_causal_through_the_dit():
   model, _ = tiny_model()
   model = perturbed(model)
   text = make_text(model)
-  shapes = temporal.clip_shapes(4, 2, 1, HW, STAGES)     # 5 units, target at full resolution
-  layout = temporal.token_layout(shapes, patch_size=PATCH)
+  shapes = temporal_reference.clip_shapes(4, 2, 1, HW, STAGES)     # 5 units, target at full resolution
+  layout = temporal_reference.token_layout(shapes, patch_size=PATCH)
   clips = [jax.random.normal(jax.random.key(i), (2, *s, 16)) for i, s in enumerate(shapes)]
 
   def run(m, clips):
     dit = m.dit
     tokens = jnp.concatenate([dit.embed_clip(c, full_size=shapes[-1][1:])[0] for c in clips], 1)
-    seg, order = temporal.joint_token_ids(text['mask'], layout.frame_index)
+    seg, order = temporal_reference.joint_token_ids(text['mask'], layout.frame_index)
     cond = dit.embed_conditions(jnp.array([500.0, 500.0]), text)
     return dit.forward_tokens(tokens, cond, jnp.asarray(layout.positions)[None],
                               temporal.attention_mask(seg, order))

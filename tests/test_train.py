@@ -14,7 +14,8 @@ from configs import moving_digits
 from pflow_jax.data.synthetic import synthetic_batch
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
-from pflow_jax.training import checkpoint, flops, loop, state as state_lib, step as step_lib
+from pflow_jax import checkpoint
+from pflow_jax.training import flops, loop, state as state_lib, step as step_lib
 
 
 def tiny_config(**batch):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +15,9 @@ from pflow_jax import config as config_lib
 from pflow_jax.data import latent_encoding as encode_lib
 from pflow_jax.data import datasets, latent_dataset, moving_digits as md
 from pflow_jax.models import discriminator as disc_lib
-from pflow_jax.models import latent_codec
+from pflow_jax.models import latent_codec, vae_load
 from pflow_jax.parallel import mesh as mesh_lib
-from pflow_jax.training import state as state_lib, step as step_lib, vae_loop, vae_restore, vae_step
+from pflow_jax.training import state as state_lib, step as step_lib, vae_loop, vae_step
 
 
 def test_loss_terms_follow_their_formulas():
@@ -170,7 +171,7 @@ def test_vae_loop_checkpoints_evaluates_and_resumes(vae_run, tmp_path):
   assert 0 <= metrics['eval_informative_channels'] <= config.vae.latent_channels
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
   assert os.path.exists(os.path.join(workdir, 'samples', 'step_0000004.png'))
-  with open(os.path.join(workdir, vae_restore.STATS_FILE)) as f:
+  with open(os.path.join(workdir, vae_load.STATS_FILE)) as f:
     stats = json.load(f)
   assert stats['step'] == 4 and stats['first_frame_scale'] > 0
   # Resuming for two more steps continues from step 4.
@@ -261,8 +262,8 @@ def test_evaluating_a_checkpoint_matches_the_trainers_own_evaluation(vae_run):
 
 def test_loaded_codec_uses_the_measured_normalisation(vae_run):
   workdir, _, _ = vae_run
-  vae_config, _, _, step = vae_restore.load_vae(workdir)
-  with open(os.path.join(workdir, vae_restore.STATS_FILE)) as f:
+  vae_config, _, _, step = vae_load.load_vae(workdir)
+  with open(os.path.join(workdir, vae_load.STATS_FILE)) as f:
     stats = json.load(f)
   assert vae_config.first_frame_shift == stats['first_frame_shift']
   assert vae_config.video_scale == stats['video_scale']
@@ -307,6 +308,27 @@ def test_encode_writes_the_in_loop_latents_and_resumes(vae_run, tmp_path):
   encode_lib.encode_dataset(config, out, ['train', 'test'], part_size=24, batch_size=5)
   with open(part, 'rb') as f:
     assert f.read() == before
+
+
+def test_resumed_encode_refuses_parts_of_another_vae_checkpoint(vae_run, tmp_path):
+  vae_copy = str(tmp_path / 'vae')
+  shutil.copytree(vae_run[0], vae_copy)
+  config = _dit_config_on(vae_run, vae_run[1].data.data_dir)
+  config.latent.vae_workdir = vae_copy
+  out = str(tmp_path / 'latents')
+  encode_lib.encode_dataset(config, out, ['test'], part_size=8, batch_size=8)
+  part = latent_dataset.part_path(out, 'test', 1, 2)
+  os.remove(part)  # interrupted before its last part
+  os.remove(os.path.join(out, latent_dataset.INFO_FILE))
+  # The VAE trains on: its latest checkpoint is no longer the one the parts came from.
+  checkpoints = os.path.join(vae_copy, 'checkpoints')
+  shutil.copytree(os.path.join(checkpoints, '4'), os.path.join(checkpoints, '6'))
+  with pytest.raises(ValueError, match="another encoding.*vae_step: parts have 4, this run 6"):
+    encode_lib.encode_dataset(config, out, ['test'], part_size=8, batch_size=8)
+  assert not os.path.exists(part)
+  shutil.rmtree(os.path.join(checkpoints, '6'))
+  encode_lib.encode_dataset(config, out, ['test'], part_size=8, batch_size=8)  # same VAE again
+  assert os.path.exists(part)
 
 
 @pytest.mark.slow

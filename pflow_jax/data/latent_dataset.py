@@ -36,6 +36,8 @@ from pflow_jax.data import pipeline
 DATASET_NAME = 'latents'
 SPLITS = ('train', 'test')
 INFO_FILE = 'encoding.json'
+# What the parts of an unfinished dataset were encoded from (written before the first part).
+SOURCE_FILE = 'encoding_source.json'
 _TEMPLATE = '{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'
 
 
@@ -67,6 +69,32 @@ def write_part(path: str, feats: tfds.features.FeaturesDict,
   writer.close()
   os.replace(tmp, path)
   return count
+
+
+def claim(out_dir: str, source: Mapping[str, Any], write: bool = True) -> None:
+  """Records what `out_dir`'s parts are encoded from, or, resuming, checks it is the same.
+
+  A resumed encoding with another VAE checkpoint, normalisation, latent shape, part
+  size or data would mix latents of two encoders in one dataset: ValueError naming
+  the fields, nothing written. write: whether this process writes the record.
+  """
+  path = os.path.join(out_dir, SOURCE_FILE)
+  source = json.loads(json.dumps(dict(source)))  # tuples -> lists, as stored
+  if os.path.exists(path):
+    with open(path) as f:
+      stored = json.load(f)
+    changed = sorted(k for k in set(stored) | set(source) if stored.get(k) != source.get(k))
+    if changed:
+      details = '; '.join(f'{k}: parts have {stored.get(k)!r}, this run {source.get(k)!r}'
+                          for k in changed)
+      raise ValueError(f'{out_dir} holds parts of another encoding ({details}); use a new '
+                       'output directory, or delete it to encode again')
+    return
+  if write:
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
+      json.dump(source, f, indent=2)
+    os.replace(tmp, path)
 
 
 def finalize(out_dir: str, latent_shape: tuple[int, ...], split_lengths: Mapping[str, int],

@@ -19,10 +19,14 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from pflow_jax import config as config_lib
+from pflow_jax import checkpoint, config as config_lib
 from pflow_jax.data import datasets, latent_dataset
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
+
+
+# Data fields that change how clips are read, not which clips or what they hold.
+_NOT_CONTENT = ('num_threads', 'global_batch_size', 'data_dir')
 
 
 def encode_dataset(config: ml_collections.ConfigDict, out: str, splits: list[str],
@@ -53,6 +57,14 @@ def encode_dataset(config: ml_collections.ConfigDict, out: str, splits: list[str
 
   t, h, w = config_lib.latent_size(config)
   latent_shape = (t, h, w, codec.latent_channels)
+  vae_steps = checkpoint.checkpoint_steps(config.latent.vae_workdir)
+  latent_dataset.claim(out, {
+      'vae_workdir': os.path.abspath(config.latent.vae_workdir),
+      'vae_step': vae_steps[-1] if vae_steps else None,  # make_codec loads the latest
+      'vae_normalisation': latent_codec.normalisation(codec),
+      'latent_shape': latent_shape, 'part_size': part_size,
+      'data': {k: v for k, v in config.data.to_dict().items() if k not in _NOT_CONTENT},
+  }, write=jax.process_index() == 0)
   feats = latent_dataset.features(latent_shape)
   lengths, moments = {}, np.zeros((2, 3))
   process, num_processes = jax.process_index(), jax.process_count()

@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import jax
 
+from pflow_jax.models import vae_load
+
 # Pixel statistics of the default moving-digits video (64x64, 8 frames, 1-2
 # digits; all 8192 train videos) mapped to [-1, 1]: mean -0.926, std 0.348.
 # Space-to-depth only rearranges pixels, so its latents share them. (At 32x32,
@@ -109,6 +111,5 @@ def make_codec(config: Mapping[str, Any]) -> LatentCodec:
     return SpaceToDepthCodec(factor=int(config['factor']), channels=int(config['pixel_channels']),
                              shift=float(config['shift']), scale=float(config['scale']))
   if kind == 'vae':
-    from pflow_jax.training import vae_restore  # the trained VAE lives in a training workdir
-    return vae_restore.load_codec(config)
+    return vae_load.load_codec(config)
   raise ValueError(f"unknown latent codec kind {kind!r}; known: 'space_to_depth', 'vae'")

@@ -44,3 +44,12 @@ def make_mesh(sizes: Mapping[str, int], devices=None) -> Mesh:
   shape = tuple(resolved[a] for a in MESH_AXES)
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
                        devices=devices)
+
+
+def check_global_batch(global_batch_size: int, mesh: Mesh) -> None:
+  """Raises ValueError unless the global batch splits evenly over the mesh's batch axes
+  (data x fsdp), before anything runs rather than at the first step."""
+  shards = mesh.shape['data'] * mesh.shape['fsdp']
+  if global_batch_size % shards:
+    raise ValueError(f'data.global_batch_size {global_batch_size} is not divisible by the '
+                     f'{shards} batch shards of mesh {dict(mesh.shape)} (data x fsdp)')

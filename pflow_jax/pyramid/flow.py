@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from pflow_jax.config import PREDICTIONS
 from pflow_jax.pyramid import temporal
 from pflow_jax.pyramid.schedule import PyramidSchedule
 
@@ -97,7 +98,6 @@ def stage_endpoints(latent_pyramid: Sequence[jax.Array], noise_pyramid: Sequence
   return start, end
 
 
-PREDICTIONS = ('velocity', 'clean')
 # The noise estimate of the 'clean' parameterisation divides by the noise level of
 # x; near the clean end of the last stage that level goes to 0, so it is floored.
 MIN_NOISE_LEVEL = 0.025

@@ -17,12 +17,11 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from pflow_jax import config as config_lib
-from pflow_jax import inference
+from pflow_jax import checkpoint, config as config_lib
 from pflow_jax.data import datasets, latent_dataset, pipeline, video_io
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
-from pflow_jax.training import checkpoint, flops, metrics as metrics_lib, state as state_lib
+from pflow_jax.training import flops, metrics as metrics_lib, state as state_lib
 from pflow_jax.training import step as step_lib
 
 
@@ -226,25 +225,26 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, state:
   return last
 
 
-def sample_text(config: ml_collections.ConfigDict) -> dict[str, np.ndarray] | None:
-  """The text batch of the samples written during training: config.sample.prompts, or for
-  precomputed text the file config.sample.text_embeddings (None: no samples)."""
-  if config.text.encoder == 'toy':
-    return inference.prompt_text(config, config.sample.prompts)
-  if config.sample.text_embeddings:
-    return inference.load_text_embeddings(config.sample.text_embeddings, config)
-  logging.warning('no samples during training: text.encoder is %r and '
-                  'sample.text_embeddings is empty', config.text.encoder)
-  return None
+# make_sampler(config, graphdef, codec) -> sample(params, rng) -> uint8 videos, or None
+# when the config has nothing to sample (inference.training_sampler).
+SamplerFactory = Callable[[ml_collections.ConfigDict, Any, Any],
+                          Callable[[Any, jax.Array], np.ndarray] | None]
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) the DiT in `workdir`; returns the last logged metrics."""
+def train(config: ml_collections.ConfigDict, workdir: str,
+          make_sampler: SamplerFactory | None = None) -> dict[str, float]:
+  """Trains (or resumes) the DiT in `workdir`; returns the last logged metrics.
+
+  make_sampler builds the sampler of the videos written every
+  config.train.sample_every steps (none without it); the launcher passes
+  inference.training_sampler, which lives above training/.
+  """
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   mesh = mesh_lib.make_mesh(dict(config.mesh))
   logging.info('mesh %s over %d devices (%d processes)', dict(mesh.shape), mesh.size,
                jax.process_count())
+  mesh_lib.check_global_batch(config.data.global_batch_size, mesh)
   codec = latent_codec.make_codec(config.latent)
   if config.data.name == 'latents':
     latent_dataset.check_compatible(config.data.latent_dir,
@@ -264,23 +264,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   example = iterator.peek()
   jitted = step_lib.jit_train_step(step_lib.make_train_step(config, graphdef, tx),
                                    mesh, config, shardings, example, codec)
-  prompts = sample_text(config)
-  if prompts is None:
-    generate = None
-  elif config.temporal.autoregressive:
-    generator = inference.VideoGenerator(config, graphdef, codec,
-                                         num_frames=config_lib.latent_size(config)[0])
-    generate = lambda params, text, rng: generator.decode(generator.latents(params, text, rng))
-  else:
-    generate = inference.make_generate_fn(
-        config, graphdef, codec, num_samples=inference.batch_size(prompts),
-        steps_per_stage=config.sample.steps_per_stage,
-        guidance_scale=config.sample.guidance_scale)
+  sample = make_sampler(config, graphdef, codec) if make_sampler else None
+
   def on_sample(state, step):
-    if prompts is None:
+    if sample is None:
       return
-    videos = inference.to_uint8(generate(state.ema_params, prompts,
-                                         jax.random.key(config.seed + 1)))
+    videos = sample(state.ema_params, jax.random.key(config.seed + 1))
     if jax.process_index() == 0:
       logging.info('step %d: samples in %s', step, write_samples(workdir, step, videos,
                                                                  config.sample.fps))

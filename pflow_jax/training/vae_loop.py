@@ -1,4 +1,4 @@
-"""VAE training loop and evaluation (a trained VAE is loaded by training/vae_restore.py).
+"""VAE training loop and evaluation (a trained VAE is loaded by models/vae_load.py).
 
 Same conventions as the DiT trainer (training/loop.py): resume-or-init from
 `workdir/checkpoints`, config JSON, data-iterator state, SIGTERM saves. Every
@@ -22,10 +22,11 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from pflow_jax import config as config_lib
+from pflow_jax import checkpoint, config as config_lib
 from pflow_jax.data import datasets, pipeline
+from pflow_jax.models import vae_load
 from pflow_jax.parallel import mesh as mesh_lib
-from pflow_jax.training import checkpoint, loop, step as step_lib, vae_restore, vae_step
+from pflow_jax.training import loop, step as step_lib, vae_step
 
 
 def _video_only(record: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -92,7 +93,7 @@ def write_latent_stats(workdir: str, step: int, metrics: Mapping[str, float]) ->
     if f'{name}_mean' in metrics:
       stats[f'{name}_shift'] = metrics[f'{name}_mean']
       stats[f'{name}_scale'] = 1.0 / metrics[f'{name}_std']
-  with open(os.path.join(workdir, vae_restore.STATS_FILE), 'w') as f:
+  with open(os.path.join(workdir, vae_load.STATS_FILE), 'w') as f:
     json.dump(stats, f, indent=2)
 
 
@@ -110,6 +111,7 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict[str, floa
   config_lib.validate_vae(config)
   os.makedirs(workdir, exist_ok=True)
   mesh = mesh_lib.make_mesh(dict(config.mesh))
+  mesh_lib.check_global_batch(config.data.global_batch_size, mesh)
   iterator = pipeline.make_iterator(
       datasets.source(config, 'train'), global_batch_size=config.data.global_batch_size,
       seed=config.seed, transform=_video_only, num_threads=config.data.num_threads)
@@ -165,7 +167,7 @@ def evaluate_workdir(workdir: str, num_examples: int,
   """`evaluate`'s metrics (and 'step') of a workdir's latest (or given) checkpoint, EMA
   weights, on the first num_examples clips of its config's test split."""
   config = checkpoint.load_workdir_config(workdir, step)
-  _, vae_gd, params, step = vae_restore.load_vae(workdir, step)
+  _, vae_gd, params, step = vae_load.load_vae(workdir, step)
   metrics, _, _ = evaluate(vae_step.make_reconstruct_fn(config, vae_gd), params,
                            datasets.source(config, 'test'), num_examples,
                            config.data.global_batch_size)

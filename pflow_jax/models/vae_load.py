@@ -1,6 +1,7 @@
 """A trained VAE workdir as the DiT's latent codec: its config, EMA weights and the
-latent normalisation its trainer measured. Depends on no training loop, so the
-codec factory (models/latent_codec.make_codec) can load it without an import circle."""
+latent normalisation its trainer measured. Beside the model, below training/: the
+codec factory (models/latent_codec.make_codec) loads it without knowing how it
+was trained."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+from flax import nnx
 
+from pflow_jax import checkpoint
 from pflow_jax.models import vae as vae_lib
-from pflow_jax.parallel import mesh as mesh_lib
-from pflow_jax.training import checkpoint, vae_step
+from pflow_jax.parallel import mesh as mesh_lib, rules
 
 STATS_FILE = 'latent_stats.json'  # written by vae_loop.write_latent_stats
 
@@ -29,16 +32,17 @@ def load_vae(workdir: str, step: int | None = None):
   config = checkpoint.load_workdir_config(workdir, step)
   if 'vae' not in config:
     raise ValueError(f'{workdir} is not a VAE workdir (its config.json has no vae section)')
+  vae_config = vae_lib.VAEConfig(**config.vae)
   mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
-  tx, disc_tx = vae_step.make_optimizers(config)
-  vae_gd, _, abstract, shardings = vae_step.state_shardings(config, mesh, tx, disc_tx)
+  vae_gd, abstract = nnx.split(nnx.eval_shape(
+      lambda: vae_lib.CausalVAE(vae_config, dtype=jnp.dtype(config.dtype),
+                                rngs=nnx.Rngs(config.seed))))
   try:
-    params, step = checkpoint.restore_ema_params(workdir, abstract.ema_params,
-                                                 shardings.ema_params, step)
+    params, step = checkpoint.restore_ema_params(
+        workdir, abstract, rules.state_shardings(abstract, mesh, config.rules), step)
   except FileNotFoundError as e:
     raise FileNotFoundError(f'{e}; train a VAE with `python -m pflow_jax.train_vae '
                             f'--workdir={workdir} ...`') from None
-  vae_config = vae_step.vae_config(config)
   stats_path = os.path.join(workdir, STATS_FILE)
   if os.path.exists(stats_path):  # measured on held-out clips by the VAE's trainer
     with open(stats_path) as f:
