@@ -231,3 +231,53 @@ def test_library_modules_import_together_and_launchers_alone():
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                             cwd=os.path.join(root, '..'), timeout=300)
     assert result.returncode == 0, (launcher, result.stderr[-2000:])
+
+
+BUGGY_CONFIG = '''
+from configs import moving_digits
+
+def get_config():
+  c = moving_digits.get_config('tiny')
+  c.modle.num_layers = 1  # a typo: a bug in the config file, not a bad override
+  return c
+'''
+
+
+def test_a_bug_in_a_config_file_keeps_its_traceback(tmp_path, data_dir):
+  config_file = tmp_path / 'buggy.py'
+  config_file.write_text(BUGGY_CONFIG)
+  code, out = run('pflow_jax.train', f'--config={config_file}', f'--workdir={tmp_path / "w"}')
+  assert code != 0
+  assert 'Traceback' in out and 'buggy.py' in out and 'c.modle.num_layers' in out, out
+  assert 'unknown config key' not in out
+
+
+LAUNCHER = '''
+import os
+import numpy as np
+from pflow_jax import cli
+
+def main(argv):
+  if os.environ['WHICH'] == 'ours':
+    raise ValueError('the input is wrong')  # raised on purpose: one line
+  np.zeros(3).reshape(2, 2)  # a ValueError from inside numpy: a bug, with its traceback
+
+if __name__ == '__main__':
+  cli.run(main)
+'''
+
+
+@pytest.mark.parametrize('which, one_line', [('ours', True), ('library', False)])
+def test_only_errors_raised_on_purpose_are_one_line(tmp_path, which, one_line):
+  script = tmp_path / 'launcher.py'
+  script.write_text(LAUNCHER)
+  result = subprocess.run([sys.executable, str(script)], cwd=ROOT, text=True,
+                          capture_output=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=ROOT, WHICH=which))
+  assert result.returncode != 0
+  out = result.stdout + result.stderr
+  assert ('Traceback' not in out) == one_line, out
+  if one_line:
+    assert 'error: the input is wrong' in out, out
+  else:
+    assert 'cannot reshape' in out, out
