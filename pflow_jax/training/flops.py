@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from pflow_jax import config as config_lib
+from pflow_jax.training import step as step_lib
 
 
 def dit_forward_flops(model: ml_collections.ConfigDict, video_tokens: int,
@@ -62,7 +63,7 @@ def train_step_tokens(config: ml_collections.ConfigDict) -> int:
   """Video tokens one training step processes (global batch, stages mixed per column)."""
   ratios = list(config.pyramid.sample_ratios)
   per_column = config.data.global_batch_size // sum(ratios)
-  return sum(per_column * r * t for r, t in zip(ratios, stage_video_tokens(config)))
+  return sum(per_column * r * t for r, t in zip(ratios, train_video_tokens(config)))
 
 
 def dit_text_tokens(config: ml_collections.ConfigDict) -> int:
@@ -79,13 +80,28 @@ def stage_video_tokens(config: ml_collections.ConfigDict) -> list[int]:
   return [t * (h // 2 ** (k - 1 - s) // p) * (w // 2 ** (k - 1 - s) // p) for s in range(k)]
 
 
+def train_video_tokens(config: ml_collections.ConfigDict) -> list[int]:
+  """Video tokens per training sample at each stage, low -> high resolution.
+
+  Joint training sees the whole clip. Autoregressive training sees one target
+  frame and its history laid out by the stage's plan: compressed (or full
+  resolution with temporal.compress_history False), padded to the plan's fixed
+  length, which is what the compiled step computes whatever the step's history.
+  """
+  if not config.temporal.autoregressive:
+    return stage_video_tokens(config)
+  frames = config_lib.latent_size(config)[0]
+  return [tokens // frames + plan.length
+          for tokens, plan in zip(stage_video_tokens(config), step_lib.training_plans(config))]
+
+
 def train_step_flops(config: ml_collections.ConfigDict) -> float:
   """FLOPs of one training step (global batch, 3x forward), stages mixed per column."""
   ratios = list(config.pyramid.sample_ratios)
   per_column = config.data.global_batch_size // sum(ratios)
   text = dit_text_tokens(config)
   return sum(3 * per_column * r * dit_forward_flops(config.model, tokens, text)
-             for r, tokens in zip(ratios, stage_video_tokens(config)))
+             for r, tokens in zip(ratios, train_video_tokens(config)))
 
 
 def sample_flops(config: ml_collections.ConfigDict, steps_per_stage: Sequence[int],
