@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from pflow_jax import config as config_lib
 from pflow_jax.data import text_embeddings
@@ -57,8 +58,11 @@ def make_generate_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
 
 
 def to_uint8(videos: jax.Array) -> np.ndarray:
-  """[-1, 1] floats -> uint8 pixels on the host."""
-  return np.array(jnp.clip((videos + 1.0) * 127.5 + 0.5, 0, 255).astype(jnp.uint8))
+  """[-1, 1] floats -> uint8 pixels on the host (every process gets all of them)."""
+  pixels = jnp.clip((videos + 1.0) * 127.5 + 0.5, 0, 255).astype(jnp.uint8)
+  if isinstance(pixels, jax.Array) and not pixels.is_fully_addressable:
+    pixels = multihost_utils.process_allgather(pixels, tiled=True)
+  return np.array(pixels)
 
 
 def tokenize_prompts(config: ml_collections.ConfigDict, prompts: Sequence[str]) -> np.ndarray:
@@ -72,6 +76,15 @@ def prompt_text(config: ml_collections.ConfigDict, prompts: Sequence[str]) -> di
                      f"{config.text.encoder!r}), not prompts: give them as a file "
                      "(sample --text_embeddings=FILE.npz; format: inference.load_text_embeddings)")
   return {'tokens': tokenize_prompts(config, prompts)}
+
+
+def pad_text(text: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+  """A text batch grown to n prompts by repeating its last one (e.g. to fill every
+  data-parallel device); the extra samples are dropped after generation."""
+  have = batch_size(text)
+  if n < have:
+    raise ValueError(f'cannot pad a batch of {have} prompts to {n}')
+  return {k: np.concatenate([v, np.repeat(v[-1:], n - have, axis=0)]) for k, v in text.items()}
 
 
 def batch_size(text: dict[str, jax.Array]) -> int:

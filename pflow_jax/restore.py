@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import ml_collections
+from jax.sharding import Mesh
 
 from pflow_jax import checkpoint, config as config_lib
 from pflow_jax.parallel import mesh as mesh_lib
@@ -22,9 +23,12 @@ def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigD
   return config
 
 
-def load_params(config: ml_collections.ConfigDict, workdir: str, step: int | None):
-  """(graphdef, EMA parameters, step) on one device."""
-  mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
+def load_params(config: ml_collections.ConfigDict, workdir: str, step: int | None,
+                mesh: Mesh | None = None):
+  """(graphdef, EMA parameters, step), sharded over `mesh` by the config's rules (default:
+  this process's first device)."""
+  if mesh is None:
+    mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.local_devices()[:1])
   tx = state_lib.make_optimizer(config.optim)
   graphdef, abstract, shardings = state_lib.state_shardings(config, mesh, tx)
   params, step = checkpoint.restore_ema_params(workdir, abstract.ema_params,

@@ -29,9 +29,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pflow_jax import checkpoint, cli, config as config_lib, inference, restore
+from pflow_jax import checkpoint, cli, config as config_lib, distributed, inference, restore
 from pflow_jax.data import video_folder, video_io
 from pflow_jax.models import latent_codec
+from pflow_jax.parallel import mesh as mesh_lib
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/).')
 _PROMPT = flags.DEFINE_string('prompt', None, 'Text prompt.')
@@ -136,11 +137,34 @@ def run(workdir: str, prompt: str | None, num_samples: int, out: str, *, seed: i
     text = inference.load_text_embeddings(text_embeddings, config, num_samples)
   else:
     text = inference.prompt_text(config, [prompt] * num_samples)
-  graphdef, params, step = restore.load_params(config, workdir, step)
-  logging.info('sampling from step %d of %s', step, workdir)
+  # Data-parallel over the samples on every device of every process; the batch is
+  # padded to a multiple of the batch shards. Noise is drawn per sample along the
+  # batch axis, so the padding leaves the first num_samples videos as they would be.
+  mesh = mesh_lib.make_mesh(dict(config.mesh))
+  shards = mesh.shape['data'] * mesh.shape['fsdp']
+  padded = -(-num_samples // shards) * shards
+  text = inference.pad_text(text, padded)
+  graphdef, params, step = restore.load_params(config, workdir, step, mesh)
+  logging.info('sampling from step %d of %s on %d device(s)', step, workdir, mesh.size)
+  with jax.set_mesh(mesh):
+    videos = _generate(config, graphdef, params, text, seed, padded, pixel_frames, image,
+                       video)[:num_samples]
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    strip = np.concatenate(list(videos), axis=2)
+    video_io.write_video(out, strip, fps=fps or config.sample.fps)
+    video_io.write_frame_grid(grid, videos)
+  return grid
+
+
+def _generate(config: ml_collections.ConfigDict, graphdef, params, text: dict[str, np.ndarray],
+              seed: int, num_samples: int, pixel_frames: int, image: str | None,
+              video: str | None) -> np.ndarray:
+  """uint8 videos [num_samples, T, H, W, C] of the config's model."""
+  tf = config.latent.temporal_factor
   codec = latent_codec.make_codec(config.latent)
   rng = jax.random.key(seed)
-  if autoregressive:
+  if config.temporal.autoregressive:
     latent_frames = 1 + (pixel_frames - 1) // tf
     generator = inference.VideoGenerator(config, graphdef, codec, num_frames=latent_frames)
     given = conditioning_frames(config, image, video, pixel_frames - tf)
@@ -150,7 +174,7 @@ def run(workdir: str, prompt: str | None, num_samples: int, out: str, *, seed: i
       prefix = jax.jit(lambda c, v: c.encode(v))(codec, pixels)
       logging.info('continuing %d given frame(s) (%d latent)', len(given), prefix.shape[1])
     bar = tqdm(total=latent_frames - (0 if prefix is None else prefix.shape[1]),
-               desc='frames', unit='latent frame')
+               desc='frames', unit='latent frame', disable=jax.process_index() != 0)
     latents = generator.latents(params, text, rng, prefix, on_frame=lambda _: bar.update(1))
     bar.close()
     videos = inference.to_uint8(generator.decode(latents))
@@ -162,15 +186,12 @@ def run(workdir: str, prompt: str | None, num_samples: int, out: str, *, seed: i
         steps_per_stage=config.sample.steps_per_stage,
         guidance_scale=config.sample.guidance_scale)
     videos = inference.to_uint8(generate(params, text, rng))
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  strip = np.concatenate(list(videos), axis=2)
-  video_io.write_video(out, strip, fps=fps or config.sample.fps)
-  video_io.write_frame_grid(grid, videos)
-  return grid
+  return videos
 
 
 def main(argv):
   del argv
+  distributed.initialize()
   ints = lambda v: None if v is None else [int(s) for s in v]
   grid = run(_WORKDIR.value, _PROMPT.value, _NUM_SAMPLES.value, _OUT.value, seed=_SEED.value,
              step=_STEP.value, fps=_FPS.value, num_frames=_NUM_FRAMES.value,
@@ -181,7 +202,8 @@ def main(argv):
                             video_guidance_scale=_VIDEO_GUIDANCE.value,
                             history_window=_WINDOW.value, cache_history=_CACHE.value),
              overwrite=_OVERWRITE.value, text_embeddings=_TEXT_EMBEDDINGS.value)
-  print(f'wrote {_OUT.value} and {grid}')
+  if jax.process_index() == 0:
+    print(f'wrote {_OUT.value} and {grid}')
 
 
 if __name__ == '__main__':

@@ -81,16 +81,17 @@ def test_state_from_a_different_pipeline_is_rejected(change):
     other.set_state(it.get_state())
 
 
-def test_processes_read_disjoint_equal_shards():
-  seen = []
-  for p in range(3):
-    it = pipeline.make_iterator(records(20), global_batch_size=6, seed=0, num_epochs=1,
-                                process_index=p, process_count=3)
-    batches = ids(it)
-    assert all(len(b) == 2 for b in batches) and len(batches) == 3  # 20 // 3 = 6 each
-    seen.append(set(sum(batches, [])))
-  assert all(len(s) == 6 for s in seen)
-  assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+@pytest.mark.parametrize('shuffle', [True, False])
+def test_processes_read_slices_of_the_single_process_global_batches(shuffle):
+  """Global batches do not depend on the process count: process p reads the p-th
+  slice of each, so the slices are disjoint and together are the global batch."""
+  kwargs = dict(global_batch_size=6, seed=0, shuffle=shuffle, num_epochs=2)
+  single = ids(pipeline.make_iterator(records(20), process_index=0, process_count=1, **kwargs))
+  assert len(single) == 6  # 40 records over two epochs: 6 full global batches
+  slices = [ids(pipeline.make_iterator(records(20), process_index=p, process_count=3,
+                                       **kwargs)) for p in range(3)]
+  assert all(len(b) == 2 for per_process in slices for b in per_process)
+  assert [sum((slices[p][i] for p in range(3)), []) for i in range(6)] == single
 
 
 def test_transform_is_applied_per_record():
@@ -106,6 +107,7 @@ def test_transform_is_applied_per_record():
     (records(8), dict(global_batch_size=4, process_index=2, process_count=2), 'process_index'),
     (records(0), dict(global_batch_size=4), 'empty'),
     (records(3), dict(global_batch_size=4, process_count=2), 'no full batch'),
+    (records(5), dict(global_batch_size=6, process_count=3), 'fewer than the global batch'),
     (records(8), dict(global_batch_size=4, num_epochs=0), 'num_epochs'),
 ])
 def test_bad_arguments_raise(source, kwargs, match):
@@ -206,7 +208,8 @@ def test_two_processes_assemble_disjoint_global_batches(tmp_path):
   outs = [p.communicate(timeout=120)[0] for p in procs]
   assert all(p.returncode == 0 for p in procs), outs
   results = [json.loads(o.split('RESULT ')[1].splitlines()[0]) for o in outs]
-  assert results[0] == results[1] and len(results[0]) == 2  # 10 records per process
-  for global_ids in results[0]:
-    assert all(i < 10 for i in global_ids[:4]) and all(i >= 10 for i in global_ids[4:])
+  single = ids(pipeline.make_iterator([{'id': np.int32(i)} for i in range(20)],
+                                      global_batch_size=8, seed=0, num_epochs=1,
+                                      process_index=0, process_count=1))
+  assert results[0] == results[1] == single  # 2 global batches of 8 distinct records
   assert len(set(sum(results[0], []))) == 16

@@ -1,8 +1,10 @@
 """Input pipeline: tfds ArrayRecord source -> grain -> local numpy batches -> global jax.Arrays.
 
-Each process reads its own contiguous, equal-sized shard of the records
-(disjoint across processes), shuffles it per epoch with the given seed, and
-yields local batches of `global_batch_size // process_count` examples.
+The global order of the records (shuffled per epoch with the given seed,
+epochs back to back) is cut into global batches; process p reads the p-th
+slice of `global_batch_size // process_count` examples of each. So the global
+batches are the same whatever the number of processes, and the processes'
+slices of one batch are disjoint and cover it.
 The iterator's state is a small JSON dict, checkpointed with the model, so a
 restarted run continues at exactly the next batch.
 """
@@ -102,16 +104,17 @@ def make_iterator(source, *, global_batch_size: int, seed: int, shuffle: bool = 
                   process_count: int | None = None,
                   transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                   num_threads: int = 2, prefetch_batches: int = 4) -> BatchIterator:
-  """Local batches (dicts of numpy arrays) of this process's shard of `source`.
+  """Local batches (dicts of numpy arrays): this process's slices of the global batches.
 
   Args:
     source: random-access source (`len`, `[i]`), e.g. from `load_source`.
     global_batch_size: examples per step over all processes.
     seed: shuffle seed; each epoch is shuffled differently, deterministically.
     shuffle: shuffle records (else read in order).
-    num_epochs: passes over the shard; None repeats forever. Batches may span
-      epoch boundaries; only the final incomplete batch is dropped.
-    process_index, process_count: this process's shard; default to jax's.
+    num_epochs: passes over the records; None repeats forever. Batches may span
+      epoch boundaries; only the final incomplete global batch is dropped.
+    process_index, process_count: which slice of each global batch this process
+      reads; default to jax's.
     transform: applied to each record before batching.
     num_threads: reader threads (0 reads in the calling thread).
     prefetch_batches: batches read ahead.
@@ -130,25 +133,31 @@ def make_iterator(source, *, global_batch_size: int, seed: int, shuffle: bool = 
   num_records = len(source)
   if num_records == 0:
     raise ValueError(f'{_describe(source)} is empty')
-  per_process = num_records // process_count
-  if per_process < local_batch_size:
-    raise ValueError(f'{_describe(source)} has {num_records} records, {per_process} per '
-                     f'process for {process_count} processes: fewer than the local batch '
-                     f'size {local_batch_size}, so no full batch can be formed')
+  if num_records < global_batch_size:
+    raise ValueError(f'{_describe(source)} has {num_records} records, fewer than the global '
+                     f'batch size {global_batch_size}, so no full batch can be formed')
 
-  start = process_index * per_process
-  ds = grain.MapDataset.source(source)[start:start + per_process]
+  ds = grain.MapDataset.source(source)
   if shuffle:
     ds = ds.shuffle(seed=seed)  # before repeat: every epoch gets its own order
-  ds = ds.repeat(num_epochs)
+  ds = ds.repeat(num_epochs)    # random access into the global order, all epochs
+  steps = len(ds) // global_batch_size
+  first = process_index * local_batch_size
+
+  def global_record(k: int):
+    """This process's k-th example: its slice of global batch k // local_batch_size."""
+    step, j = divmod(k, local_batch_size)
+    return ds[step * global_batch_size + first + j]
+
+  local = grain.MapDataset.range(steps * local_batch_size).map(global_record)
   if transform is not None:
-    ds = ds.map(transform)
-  ds = ds.batch(local_batch_size, drop_remainder=True)
+    local = local.map(transform)
+  local = local.batch(local_batch_size, drop_remainder=True)
   read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_batches)
   signature = dict(seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                    global_batch_size=global_batch_size, process_count=process_count,
                    num_records=num_records)
-  return BatchIterator(ds.to_iter_dataset(read), signature)
+  return BatchIterator(local.to_iter_dataset(read), signature)
 
 
 def to_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh,
