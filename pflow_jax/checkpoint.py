@@ -44,11 +44,17 @@ def _pytree_restore(target: Any, partial: bool = False) -> ocp.args.PyTreeRestor
 class Checkpointer:
   """Saves and restores (state, data state, config) under `workdir/checkpoints`."""
 
-  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
+               compress: bool = True):
+    """compress=False writes the arrays uncompressed: orbax then needs no second copy of
+    the state in host memory while it writes (the converter's 2B-parameter saves)."""
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
     self._manager = ocp.CheckpointManager(
         self.directory,
         item_names=('state', 'data', 'config'),
+        item_handlers={'state': ocp.PyTreeCheckpointHandler(use_compression=compress),
+                       'data': ocp.JsonCheckpointHandler(),
+                       'config': ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
     )

@@ -105,7 +105,7 @@ def write_workdir(workdir: str, config: ml_collections.ConfigDict, ema_params: n
   if os.path.exists(os.path.join(workdir, 'config.json')) or checkpoint.checkpoint_steps(workdir):
     raise FileExistsError(f'{workdir} already holds a run; convert into a new --workdir')
   os.makedirs(workdir, exist_ok=True)
-  ckpt = checkpoint.Checkpointer(workdir, async_save=False)
+  ckpt = checkpoint.Checkpointer(workdir, async_save=False, compress=False)
   try:
     ckpt.save(0, {'step': np.int32(0), 'ema_params': ema_params}, {}, loop.config_json(config))
   finally:

@@ -10,20 +10,30 @@ with "the JAX distributed service detected fatal errors ... another task died":
 a bounded wait, never a hang. Rerunning the job resumes from the last checkpoint.
 """
 
+from collections.abc import Mapping
 import os
+from typing import Any
 
 import jax
 
 
+def initialize_arguments(environ: Mapping[str, str]) -> dict[str, Any] | None:
+  """The keyword arguments of `jax.distributed.initialize` this environment asks for, or
+  None for a single-process run."""
+  timeout = dict(heartbeat_timeout_seconds=int(environ.get('PFLOW_HEARTBEAT_TIMEOUT_S', 100)))
+  if environ.get('JAX_COORDINATOR_ADDRESS'):
+    return dict(coordinator_address=environ['JAX_COORDINATOR_ADDRESS'],
+                num_processes=int(environ['JAX_NUM_PROCESSES']),
+                process_id=int(environ['JAX_PROCESS_ID']), **timeout)
+  if environ.get('SLURM_JOB_ID') and int(environ.get('SLURM_NTASKS', '1')) > 1:
+    return timeout  # JAX reads the coordinator and ranks from SLURM
+  if ',' in environ.get('TPU_WORKER_HOSTNAMES', ''):
+    return timeout  # a multi-worker TPU slice: JAX finds its peers
+  return None
+
+
 def initialize() -> None:
   """Initialises the distributed runtime when the environment asks for it."""
-  timeout = dict(heartbeat_timeout_seconds=int(os.environ.get('PFLOW_HEARTBEAT_TIMEOUT_S', 100)))
-  if os.environ.get('JAX_COORDINATOR_ADDRESS'):
-    jax.distributed.initialize(
-        coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
-        num_processes=int(os.environ['JAX_NUM_PROCESSES']),
-        process_id=int(os.environ['JAX_PROCESS_ID']), **timeout)
-  elif os.environ.get('SLURM_JOB_ID') and int(os.environ.get('SLURM_NTASKS', '1')) > 1:
-    jax.distributed.initialize(**timeout)
-  elif os.environ.get('TPU_WORKER_HOSTNAMES') and ',' in os.environ['TPU_WORKER_HOSTNAMES']:
-    jax.distributed.initialize(**timeout)
+  arguments = initialize_arguments(os.environ)
+  if arguments is not None:
+    jax.distributed.initialize(**arguments)

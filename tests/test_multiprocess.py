@@ -3,6 +3,8 @@ sample as one process with 4 devices does; a dead process stops the other."""
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import portpicker
 import pytest
 from PIL import Image
 
-from pflow_jax import restore
+from pflow_jax import checkpoint, distributed, restore
 from pflow_jax.parallel import mesh as mesh_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,24 +112,119 @@ def test_two_processes_sample_what_one_device_samples(runs, tmp_path):
   assert two.shape == one.shape and np.abs(two - one).max() <= 1
 
 
-def test_a_dead_process_makes_the_other_exit_with_a_clear_error(runs, tmp_path):
-  _, _, data = runs
-  workdir = tmp_path / 'w'
-  procs = launch_two('pflow_jax.train', *TRAIN, f'--workdir={workdir}',
-                     f'--config.data.data_dir={data}', '--config.train.num_steps=100000',
-                     '--config.train.sample_every=100000')
+def start_training(tmp_path, data) -> tuple[list[subprocess.Popen], list]:
+  """A long 2-process run whose output goes to files; returns once both processes are in
+  the training loop (its SIGTERM handler installed), before the first step has run."""
+  logs = [open(tmp_path / f'process{i}.log', 'w+') for i in range(2)]
+  port = str(portpicker.pick_unused_port())
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'pflow_jax.train', *TRAIN, f'--workdir={tmp_path / "w"}',
+       f'--config.data.data_dir={data}', '--config.train.num_steps=100000',
+       '--config.train.sample_every=100000'], cwd=ROOT, text=True, stdout=logs[i],
+      stderr=subprocess.STDOUT,
+      env=_env(2, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
+               JAX_PROCESS_ID=str(i), PFLOW_HEARTBEAT_TIMEOUT_S='10')) for i in range(2)]
   try:
     deadline = time.time() + 300
-    while not (workdir / 'checkpoints' / '2').exists():
-      assert time.time() < deadline and procs[0].poll() is None, 'no checkpoint 2'
-      time.sleep(1)
+    while not all(f'process {i}: training steps' in (tmp_path / f'process{i}.log').read_text()
+                  for i in range(2)):
+      assert time.time() < deadline and all(p.poll() is None for p in procs), stop_all(procs,
+                                                                                       logs)
+      time.sleep(0.5)
+  except BaseException:
+    stop_all(procs, logs)
+    raise
+  return procs, logs
+
+
+def stop_all(procs, logs) -> list[str]:
+  """Kills what still runs; the processes' output."""
+  for p in procs:
+    p.kill()
+    p.wait()
+  outs = []
+  for f in logs:
+    if not f.closed:
+      f.seek(0)
+      outs.append(f.read())
+      f.close()
+  return outs
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(runs, tmp_path):
+  procs, logs = start_training(tmp_path, runs[2])
+  try:
+    procs[1].send_signal(signal.SIGTERM)  # the other process is not told
+    codes = [p.wait(timeout=300) for p in procs]
+  finally:
+    outs = stop_all(procs, logs)
+  assert codes == [143, 143], outs
+  stopped = [re.search(r'stopped at step (\d+)', out) for out in outs]
+  assert all(stopped), outs
+  step = int(stopped[0].group(1))
+  assert int(stopped[1].group(1)) == step >= 1
+  workdir = str(tmp_path / 'w')
+  assert step in checkpoint.checkpoint_steps(workdir)
+  _, params, restored = restore.load_params(restore.load_config(workdir), workdir, None)
+  assert restored == step and all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_a_dead_process_makes_the_other_exit_with_a_clear_error(runs, tmp_path):
+  procs, logs = start_training(tmp_path, runs[2])
+  try:
     procs[1].send_signal(signal.SIGKILL)
     killed = time.time()
-    out = procs[0].communicate(timeout=120)[0]
+    code = procs[0].wait(timeout=120)
     waited = time.time() - killed
   finally:
-    for p in procs:
-      p.kill()
-  assert procs[0].returncode != 0
-  assert 'another task died' in out, out[-3000:]
+    outs = stop_all(procs, logs)
+  assert code != 0
+  assert 'another task died' in outs[0], outs[0][-3000:]
   assert waited < 60, waited  # the 10 s heartbeat timeout, plus the abort
+
+
+TUPLE_OVERRIDES = ('--config.model.rope_axes_dim=(16,24,24)',
+                   "--config.sample.prompts=('a 3 moving left',)")
+
+
+def dry_run(script: str, *args) -> list[str]:
+  result = subprocess.run(['bash', os.path.join(ROOT, 'launch', script), *args], text=True,
+                          capture_output=True, env=dict(os.environ, DRY_RUN='1'), timeout=30)
+  assert result.returncode == 0, result.stderr
+  return shlex.split(result.stdout)
+
+
+def test_slurm_launcher_runs_one_train_process_per_node_with_the_overrides_intact():
+  argv = dry_run('gpu_slurm.sh', 'configs/moving_digits.py', 'runs/x', *TUPLE_OVERRIDES)
+  assert argv == ['srun', '--kill-on-bad-exit=1', 'python', '-m', 'pflow_jax.train',
+                  '--config=configs/moving_digits.py', '--workdir=runs/x', *TUPLE_OVERRIDES]
+  with open(os.path.join(ROOT, 'launch', 'gpu_slurm.sh')) as f:
+    assert '#SBATCH --ntasks-per-node=1' in f.read()
+
+
+def test_tpu_launcher_quotes_the_overrides_for_the_remote_shell():
+  argv = dry_run('tpu_pod.sh', 'my-tpu', 'us-central2-b', 'configs/moving_digits.py',
+                 '/mnt/runs/x', *TUPLE_OVERRIDES)
+  assert argv[:7] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'my-tpu',
+                      '--zone=us-central2-b']
+  assert argv[7:9] == ['--worker=all', '--command']
+  remote = shlex.split(argv[9])  # what each worker's shell runs
+  assert remote[:3] == ['cd', 'pflow_jax', '&&']
+  assert remote[3:] == ['python', '-m', 'pflow_jax.train', '--config=configs/moving_digits.py',
+                        '--workdir=/mnt/runs/x', *TUPLE_OVERRIDES]
+
+
+@pytest.mark.parametrize('environ, expected', [
+    ({}, None),
+    ({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '1'}, None),  # one task: nothing to join
+    ({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '2'}, {'heartbeat_timeout_seconds': 100}),
+    ({'TPU_WORKER_HOSTNAMES': 'w0,w1', 'PFLOW_HEARTBEAT_TIMEOUT_S': '30'},
+     {'heartbeat_timeout_seconds': 30}),
+    ({'TPU_WORKER_HOSTNAMES': 'w0'}, None),
+    ({'JAX_COORDINATOR_ADDRESS': '10.0.0.1:1234', 'JAX_NUM_PROCESSES': '4',
+      'JAX_PROCESS_ID': '3'},
+     {'coordinator_address': '10.0.0.1:1234', 'num_processes': 4, 'process_id': 3,
+      'heartbeat_timeout_seconds': 100}),
+])
+def test_distributed_start_up_follows_the_environment(environ, expected):
+  assert distributed.initialize_arguments(environ) == expected

@@ -49,8 +49,8 @@ def converted(family: str) -> tuple[dit.DiTConfig, nnx.State]:
     shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     params = official.load_dit_params(cfg, {k: (lambda k=k: f.get_tensor(k)) for k in shapes},
                                       shapes)
-  abstract = nnx.eval_shape(lambda: dit.PyramidDiT(cfg, rngs=nnx.Rngs(0)))
-  return cfg, official.filled(nnx.state(abstract, nnx.Param), params)
+    abstract = nnx.eval_shape(lambda: dit.PyramidDiT(cfg, rngs=nnx.Rngs(0)))
+    return cfg, official.filled(nnx.state(abstract, nnx.Param), params)  # reads f
 
 
 def our_output(cfg, state, clips, timesteps, text, dtype=jnp.float32):
@@ -170,11 +170,11 @@ def test_vae_encode_and_decode_match_the_official_module_whole_and_chunked():
     shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     params = official.load_vae_params(cfg, {k: (lambda k=k: f.get_tensor(k)) for k in shapes},
                                       shapes)
+    state = official.filled(nnx.state(nnx.eval_shape(  # reads f
+        lambda: vae_lib.CausalVAE(cfg, rngs=nnx.Rngs(0))), nnx.Param), params)
   with open(os.path.join(FIXTURES, 'vae.json')) as f:
     windows = json.load(f)
   graph = nnx.graphdef(nnx.eval_shape(lambda: vae_lib.CausalVAE(cfg, rngs=nnx.Rngs(0))))
-  state = official.filled(nnx.state(nnx.eval_shape(
-      lambda: vae_lib.CausalVAE(cfg, rngs=nnx.Rngs(0))), nnx.Param), params)
   io = np.load(os.path.join(FIXTURES, 'vae_io.npz'))
   ours = lambda x: jnp.asarray(np.moveaxis(x, 1, -1))  # noqa: E731
   theirs = lambda x: np.moveaxis(x, 1, -1)  # noqa: E731

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from configs import moving_digits, vae_moving_digits
-from pflow_jax import config as config_lib
+from pflow_jax import checkpoint, config as config_lib
 from pflow_jax.data import latent_encoding as encode_lib
 from pflow_jax.data import datasets, latent_dataset, moving_digits as md
 from pflow_jax.models import discriminator as disc_lib
@@ -322,11 +322,14 @@ def test_resumed_encode_refuses_parts_of_another_vae_checkpoint(vae_run, tmp_pat
   os.remove(os.path.join(out, latent_dataset.INFO_FILE))
   # The VAE trains on: its latest checkpoint is no longer the one the parts came from.
   checkpoints = os.path.join(vae_copy, 'checkpoints')
-  shutil.copytree(os.path.join(checkpoints, '4'), os.path.join(checkpoints, '6'))
-  with pytest.raises(ValueError, match="another encoding.*vae_step: parts have 4, this run 6"):
+  latest = checkpoint.checkpoint_steps(vae_copy)[-1]
+  newer = os.path.join(checkpoints, str(latest + 2))
+  shutil.copytree(os.path.join(checkpoints, str(latest)), newer)
+  with pytest.raises(ValueError, match=f'another encoding.*vae_step: parts have {latest}, '
+                                       f'this run {latest + 2}'):
     encode_lib.encode_dataset(config, out, ['test'], part_size=8, batch_size=8)
   assert not os.path.exists(part)
-  shutil.rmtree(os.path.join(checkpoints, '6'))
+  shutil.rmtree(newer)
   encode_lib.encode_dataset(config, out, ['test'], part_size=8, batch_size=8)  # same VAE again
   assert os.path.exists(part)
 

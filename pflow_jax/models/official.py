@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -100,25 +101,49 @@ def check_dit_keys(cfg: dit_lib.DiTConfig,
   return mapping
 
 
+class ConvertedParams(Mapping):
+  """{our dotted path: fp32 array}, each read from the official state dict and converted
+  when it is looked up (nothing is cached): a converter holds one tensor at a time."""
+
+  def __init__(self, loaders: Mapping[str, Callable[[], np.ndarray]]):
+    self._loaders = dict(loaders)
+
+  def __getitem__(self, path: str) -> np.ndarray:
+    return self._loaders[path]()
+
+  def __iter__(self):
+    return iter(self._loaders)
+
+  def __len__(self) -> int:
+    return len(self._loaders)
+
+
 def load_dit_params(cfg: dit_lib.DiTConfig, official: Mapping[str, Callable[[], np.ndarray]],
-                    shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+                    shapes: Mapping[str, tuple[int, ...]]) -> ConvertedParams:
   """Our parameters {dotted path: fp32 array} from an official DiT state dict.
 
   official maps each official key to a loader of its array (so shards are read
-  one tensor at a time); shapes gives each key's shape, all checked
-  (check_dit_keys) before anything is loaded.
+  one tensor at a time, when looked up); shapes gives each key's shape, all
+  checked (check_dit_keys) before anything is loaded.
   """
   mapping = check_dit_keys(cfg, shapes)
-  return {path: np.ascontiguousarray(_transform(path, cfg)(np.asarray(official[key]())),
-                                     np.float32)
-          for key, (path, _) in mapping.items()}
+
+  def loader(key: str, path: str) -> Callable[[], np.ndarray]:
+    return lambda: np.ascontiguousarray(_transform(path, cfg)(np.asarray(official[key]())),
+                                        np.float32)
+
+  return ConvertedParams({path: loader(key, path) for key, (path, _) in mapping.items()})
 
 
 def filled(abstract: nnx.State, params: Mapping[str, np.ndarray], skip: int = 0) -> nnx.State:
   """An abstract parameter state with each leaf set to params[its dotted path], the path's
-  first `skip` parts left out (e.g. 1 for a FlowModel's 'dit.')."""
+  first `skip` parts left out (e.g. 1 for a FlowModel's 'dit.').
+
+  Each array moves to the device before the next is looked up, so with
+  ConvertedParams the host holds the weights once, not twice.
+  """
   for path, var in nnx.to_flat_state(abstract):
-    var.set_value(params['.'.join(map(str, path[skip:]))])
+    var.set_value(jax.block_until_ready(jax.device_put(params['.'.join(map(str, path[skip:]))])))
   return abstract
 
 
@@ -139,9 +164,13 @@ def check_vae_keys(cfg: vae_lib.VAEConfig, shapes: Mapping[str, tuple[int, ...]]
 
 
 def load_vae_params(cfg: vae_lib.VAEConfig, official: Mapping[str, Callable[[], np.ndarray]],
-                    shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+                    shapes: Mapping[str, tuple[int, ...]]) -> ConvertedParams:
   """Our VAE parameters {dotted path: fp32 array} from an official state dict (as
   load_dit_params)."""
   mapping = check_vae_keys(cfg, shapes)
-  return {path: np.ascontiguousarray(np.transpose(np.asarray(official[key]()), axes), np.float32)
-          for key, (path, _, axes) in mapping.items()}
+
+  def loader(key: str, axes: tuple[int, ...]) -> Callable[[], np.ndarray]:
+    return lambda: np.ascontiguousarray(np.transpose(np.asarray(official[key]()), axes),
+                                        np.float32)
+
+  return ConvertedParams({path: loader(key, axes) for key, (path, _, axes) in mapping.items()})

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 import ml_collections
 import numpy as np
@@ -39,7 +40,7 @@ class _StopRequest:
 
   def _handle(self, signum, frame):
     del frame
-    logging.warning('signal %d: saving a checkpoint after this step, then exiting', signum)
+    logging.warning('signal %d: saving a checkpoint, then exiting', signum)
     self.requested = True
 
   def __exit__(self, *exc):
@@ -142,6 +143,18 @@ def _tree_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
+def _stop_agreed(requested: bool, at_log_step: bool) -> bool:
+  """Whether to save and stop after this step. One process stops as soon as it is asked.
+  Several agree first, at log steps (where the loop waits for the devices anyway): a
+  SIGTERM to any of them stops all at the same step, each saving its shards of one
+  checkpoint, instead of one saving while the others train on."""
+  if jax.process_count() == 1:
+    return requested
+  if not at_log_step:
+    return False
+  return bool(multihost_utils.process_allgather(np.int32(requested)).any())
+
+
 def run_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, state: Any,
              iterator: pipeline.BatchIterator, ckpt: checkpoint.Checkpointer,
              train_step: Callable[[Any, dict, int], tuple[Any, dict]],
@@ -153,6 +166,8 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, state:
   train_step(state, global_batch, step) -> (state, metrics); on_sample(state, step)
   writes samples or evaluations every config.train.sample_every steps and at the end,
   and may return scalars to log at that step.
+  SIGTERM/SIGINT save a checkpoint and exit (143): after this step, or with several
+  processes at the next log step, all of them together (_stop_agreed).
   Logged metrics are the means over the steps since the last log, plus steps/s and,
   given step_flops / step_tokens / peak_tflops (per device), TFLOP/s, tokens/s and the
   model FLOP utilisation of the mesh (mfu). Every step's
@@ -179,6 +194,8 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, state:
 
   try:
     with _StopRequest() as stop, jax.set_mesh(mesh):
+      logging.info('process %d: training steps %d to %d', jax.process_index(), start + 1,
+                   num_steps)
       for step in range(start, num_steps):
         global_batch = pipeline.to_global_batch(next(iterator), mesh, config.rules)
         state, metrics = train_step(state, global_batch, step)
@@ -202,7 +219,8 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, state:
           last = means
           window_start, window_steps, window_sum = time.perf_counter(), 0, None
         bar.update(1)
-        if done % train.checkpoint_every == 0 or done == num_steps or stop.requested:
+        stopping = _stop_agreed(stop.requested, done % train.log_every == 0)
+        if done % train.checkpoint_every == 0 or done == num_steps or stopping:
           check_finite(done, 'checkpointed')
           if not bool(jax.device_get(_tree_finite(state))):
             raise FloatingPointError(f'the state at step {done} holds NaN/Inf: not '
@@ -215,7 +233,7 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, state:
             writer.scalars(done, evaluation)
             last = {**last, **evaluation}
           window_start = time.perf_counter()  # sampling time is not training time
-        if stop.requested:
+        if stopping:
           logging.warning('stopped at step %d; rerun the same command to resume', done)
           raise SystemExit(143)
   finally:
