@@ -12,7 +12,6 @@ Prints a table and writes JSON.
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
