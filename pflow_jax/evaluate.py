@@ -47,7 +47,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from pflow_jax import checkpoint, cli, config as config_lib, inference, restore
-from pflow_jax.data import datasets, video_io
+from pflow_jax.data import datasets, pipeline, video_io
 from pflow_jax.eval import conditioning
 from pflow_jax.eval import digits as digits_lib
 from pflow_jax.eval import frechet, i3d
@@ -136,7 +136,7 @@ def generate(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, params: 
       if first_frames is not None:
         given = first_frames[start:start + batch_size]
         given = np.concatenate([given, np.repeat(given[-1:], batch_size - len(given), 0)])
-        prefix = encode(codec, jnp.asarray(given, jnp.float32) / 127.5 - 1.0)
+        prefix = encode(codec, pipeline.video_to_float(jnp.asarray(given)))
       videos = inference.to_uint8(generator.decode(
           generator.latents(params, batch_text, rng, prefix)))
       if first_frames is not None:  # the given frame as it is, not re-decoded

@@ -14,7 +14,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from pflow_jax import config as config_lib
-from pflow_jax.data import text_embeddings
+from pflow_jax.data import pipeline, text_embeddings
 from pflow_jax.models import text as text_lib
 from pflow_jax.models.latent_codec import LatentCodec
 from pflow_jax.parallel import rules
@@ -32,10 +32,7 @@ def make_generate_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
   `text` is a text batch of N prompts (`prompt_text` or `load_text_embeddings`).
   Classifier-free guidance contrasts it with the empty prompt, as in training.
   """
-  schedule = schedule_lib.make_schedule(
-      stages=config.pyramid.stages, stage_range=config.pyramid.stage_range,
-      gamma=config.pyramid.gamma, shift=config.pyramid.shift,
-      num_train_timesteps=config.pyramid.num_train_timesteps)
+  schedule = schedule_lib.from_config(config.pyramid)
   t, h, w = config_lib.latent_size(config)
   shape = (num_samples, t, h, w, codec.latent_channels)
   steps = tuple(int(s) for s in steps_per_stage)
@@ -59,7 +56,7 @@ def make_generate_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
 
 def to_uint8(videos: jax.Array) -> np.ndarray:
   """[-1, 1] floats -> uint8 pixels on the host (every process gets all of them)."""
-  pixels = jnp.clip((videos + 1.0) * 127.5 + 0.5, 0, 255).astype(jnp.uint8)
+  pixels = pipeline.video_to_uint8(videos)
   if isinstance(pixels, jax.Array) and not pixels.is_fully_addressable:
     pixels = multihost_utils.process_allgather(pixels, tiled=True)
   return np.array(pixels)
@@ -139,9 +136,7 @@ class VideoGenerator:
       raise ValueError('frame-by-frame generation needs a model trained with '
                        'temporal.autoregressive=True')
     k = config.pyramid.stages
-    self.schedule = schedule_lib.make_schedule(
-        stages=k, stage_range=config.pyramid.stage_range, gamma=config.pyramid.gamma,
-        shift=config.pyramid.shift, num_train_timesteps=config.pyramid.num_train_timesteps)
+    self.schedule = schedule_lib.from_config(config.pyramid)
     _, h, w = config_lib.latent_size(config)
     if num_frames < 1:
       raise ValueError(f'num_frames must be >= 1 latent frame, got {num_frames}')

@@ -30,7 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pflow_jax import checkpoint, cli, config as config_lib, distributed, inference, restore
-from pflow_jax.data import video_folder, video_io
+from pflow_jax.data import pipeline, video_folder, video_io
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
 
@@ -170,7 +170,7 @@ def _generate(config: ml_collections.ConfigDict, graphdef, params, text: dict[st
     given = conditioning_frames(config, image, video, pixel_frames - tf)
     prefix = None
     if given is not None:
-      pixels = jnp.asarray(np.repeat(given[None], num_samples, 0), jnp.float32) / 127.5 - 1.0
+      pixels = pipeline.video_to_float(jnp.asarray(np.repeat(given[None], num_samples, 0)))
       prefix = jax.jit(lambda c, v: c.encode(v))(codec, pixels)
       logging.info('continuing %d given frame(s) (%d latent)', len(given), prefix.shape[1])
     bar = tqdm(total=latent_frames - (0 if prefix is None else prefix.shape[1]),

@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from pflow_jax import checkpoint, config as config_lib
-from pflow_jax.data import datasets, latent_dataset
+from pflow_jax.data import datasets, latent_dataset, pipeline
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
 
@@ -52,7 +52,7 @@ def encode_dataset(config: ml_collections.ConfigDict, out: str, splits: list[str
   batch_size = -(-batch_size // len(devices)) * len(devices)
   video_sharding = NamedSharding(mesh, P('data'))
   replicated = NamedSharding(mesh, P())
-  encode = jax.jit(lambda c, v: c.encode(v.astype(np.float32) / 127.5 - 1.0),
+  encode = jax.jit(lambda c, v: c.encode(pipeline.video_to_float(v)),
                    in_shardings=(jax.tree.map(lambda _: replicated, codec), video_sharding))
 
   t, h, w = config_lib.latent_size(config)

@@ -17,6 +17,7 @@ from typing import Any
 from etils import epath
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -55,6 +56,12 @@ def _describe(source) -> str:
 def video_to_float(video):
   """uint8 video (numpy or jax) -> float32 in [-1, 1]."""
   return video.astype(np.float32) / 127.5 - 1.0
+
+
+def video_to_uint8(video):
+  """[-1, 1] float video (numpy or jax) -> uint8 pixels (clipped, rounded half up)."""
+  xp = np if isinstance(video, np.ndarray) else jnp
+  return xp.clip((video + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
 
 class BatchIterator:

@@ -13,9 +13,10 @@ argument of the jitted loss and sampler (hashed by identity).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 
@@ -139,6 +140,13 @@ def make_schedule(stages: int = 3, stage_range: Sequence[float] | None = None,
     a.setflags(write=False)
   return PyramidSchedule(num_train_timesteps=n, stages=int(stages), gamma=float(gamma),
                          shift=float(shift), **arrays)
+
+
+def from_config(pyramid: Mapping[str, Any]) -> PyramidSchedule:
+  """make_schedule from a config's `pyramid` section (the one way every caller builds it)."""
+  return make_schedule(stages=pyramid['stages'], stage_range=pyramid['stage_range'],
+                       gamma=pyramid['gamma'], shift=pyramid['shift'],
+                       num_train_timesteps=pyramid['num_train_timesteps'])
 
 
 def _local_ratios(n: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pflow_jax import config as config_lib
+from pflow_jax.data import pipeline
 from pflow_jax.models.latent_codec import LatentCodec
 from pflow_jax.parallel import rules
 from pflow_jax.pyramid import flow, schedule as schedule_lib, temporal
@@ -26,17 +27,13 @@ def batch_latents(batch: Batch, codec: LatentCodec) -> jax.Array:
   """Latents of a batch: pre-extracted ('latents') or encoded from uint8 'video'."""
   if 'latents' in batch:
     return batch['latents'].astype(jnp.float32)
-  video = batch['video'].astype(jnp.float32) / 127.5 - 1.0
-  return codec.encode(video)
+  return codec.encode(pipeline.video_to_float(batch['video']))
 
 
 def make_loss_fn(config: ml_collections.ConfigDict,
                  graphdef: nnx.GraphDef) -> Callable[..., tuple[jax.Array, dict]]:
   """loss_fn(params, batch, rng, codec) -> (loss, aux): the pure objective of one step."""
-  schedule = schedule_lib.make_schedule(
-      stages=config.pyramid.stages, stage_range=config.pyramid.stage_range,
-      gamma=config.pyramid.gamma, shift=config.pyramid.shift,
-      num_train_timesteps=config.pyramid.num_train_timesteps)
+  schedule = schedule_lib.from_config(config.pyramid)
   sample_ratios = tuple(config.pyramid.sample_ratios)
   plans = training_plans(config) if config.temporal.autoregressive else None
 

@@ -142,7 +142,7 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict[str, floa
                                      config.train.eval_examples, config.data.global_batch_size)
     if jax.process_index() == 0:
       write_latent_stats(workdir, step, metrics)
-      pairs = np.stack([video, (np.clip(x_hat, -1, 1) * 127.5 + 127.5).round().astype(np.uint8)],
+      pairs = np.stack([video, pipeline.video_to_uint8(np.asarray(x_hat))],
                        axis=1).reshape((-1,) + video.shape[1:])
       grid = loop.write_samples(workdir, step, pairs[:8], config.train.fps)
       logging.info('step %d: %s of %d; reconstructions (input above output) in %s', step,

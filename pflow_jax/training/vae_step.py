@@ -25,6 +25,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from pflow_jax.data import pipeline
 from pflow_jax.models import discriminator as disc_lib
 from pflow_jax.models import vae as vae_lib
 from pflow_jax.parallel import rules
@@ -117,7 +118,7 @@ def make_optimizers(config: ml_collections.ConfigDict):
 
 def video_batch(batch: Batch) -> jax.Array:
   """uint8 video [B, T, H, W, C] -> float32 in [-1, 1]."""
-  return batch['video'].astype(jnp.float32) / 127.5 - 1.0
+  return pipeline.video_to_float(batch['video'])
 
 
 def random_crops(video: jax.Array, rng: jax.Array, size: int) -> jax.Array:
