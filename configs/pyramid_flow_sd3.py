@@ -39,7 +39,7 @@ def get_config(arg: str = '384p'):
   c.model.update(sample_size=128, pos_embed_max_size=192, patch_size=2, num_layers=24, num_attention_heads=24,
                  attention_head_dim=64, joint_attention_dim=4096,
                  caption_projection_dim=1536, pooled_projection_dim=2048,
-                 rope_axes_dim=(64,), remat=True)
+                 rope_axes_dim=(64,), remat='full')
   c.text.update(encoder='precomputed', max_length=128)
   c.optim.update(lr=5e-5, warmup_steps=1000, b1=0.9, b2=0.95, weight_decay=1e-4,
                  clip_grad=1.0, ema_decay=0.9999)

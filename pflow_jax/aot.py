@@ -2,7 +2,7 @@ r"""Compiles a config's train step and sampling forward ahead of time for N devi
 prints their per-device memory and FLOPs; nothing is allocated (abstract inputs).
 
   python -m pflow_jax.aot --config=configs/pyramid_flow_sd3.py:768p --devices=8 \
-      [--config.mesh.fsdp=8 --config.model.remat=True] [--json=aot.json]
+      [--config.mesh.fsdp=8 --config.model.remat=full] [--json=aot.json]
 
 Without accelerators --devices=N makes N host (CPU) devices; it must be given on
 the command line (it is read before JAX starts). The train step is the real one

@@ -120,7 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
       pooled_projection_dim=128,
       rope_axes_dim=(64,),         # temporal RoPE over the whole head, as official
       attention='xla',
-      remat=False,
+      remat='none',                # 'none' | 'dots' | 'full' | 'offload' (models/dit.py)
       use_temporal_causal=True,
       history_conditioning='timestep',  # 'clean': cacheable history (see models/dit.py)
       family='sd3',                # 'sd3' (MM-DiT) | 'flux' (miniFLUX: + single-stream blocks)

@@ -277,6 +277,6 @@ def test_flux_config_trains_through_the_jitted_step():
 def test_remat_gives_the_same_forward(params):
   """Rematerialised blocks (the paper configs) trace and give the same values."""
   latents, t, text = make_inputs(frames=2, size=(4, 4))
-  graph = nnx.split(nnx.eval_shape(lambda: make_model(dataclasses.replace(TINY, remat=True))))[0]
+  graph = nnx.split(nnx.eval_shape(lambda: make_model(dataclasses.replace(TINY, remat='full'))))[0]
   np.testing.assert_allclose(forward(params, latents, t, text, graphdef=graph),
                              forward(params, latents, t, text), rtol=1e-6, atol=1e-6)

@@ -84,6 +84,18 @@ Array = jax.Array
 TIMESTEP_FEATURES = 256  # sinusoidal timestep features (official Timesteps(256))
 
 
+# Block rematerialisation policies, lightest memory last but one ('offload' moves what
+# 'dots' keeps to host memory). A dot "with no batch dims" is a projection
+# ([B, L, D] x [D, F]); attention's scores and weighted sum have batch dims.
+REMAT_POLICIES = {
+    'none': None,
+    'dots': lambda: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    'full': lambda: jax.checkpoint_policies.nothing_saveable,
+    'offload': lambda: jax.checkpoint_policies.offload_dot_with_no_batch_dims(
+        'device', 'pinned_host'),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class DiTConfig:
   """DiT hyperparameters; names follow the official config keys, defaults are the
@@ -111,7 +123,11 @@ class DiTConfig:
   use_temporal_causal: mask attention block-causally over frame indices.
   mlp_ratio: MLP hidden = mlp_ratio * hidden size.
   attention: attention implementation, 'xla' or 'cudnn' (layers.attention).
-  remat: rematerialise each block in the backward pass.
+  remat: what each block keeps for the backward pass (REMAT_POLICIES): 'none'
+    keeps every activation; 'dots' keeps the projections' outputs and recomputes
+    attention and the elementwise work; 'full' keeps only the block's input and
+    recomputes the block; 'offload' keeps the projections' outputs in pinned
+    host memory (GPU/TPU backends). True / False (older configs) mean 'full' / 'none'.
   history_conditioning: how the temporal pyramid's history tokens (and the
     text stream) are modulated: 'timestep' (official: by the target's timestep
     embedding, like every token) or 'clean' (by the embedding of timestep 0,
@@ -139,12 +155,16 @@ class DiTConfig:
   use_temporal_causal: bool = True
   mlp_ratio: float = 4.0
   attention: str = 'xla'
-  remat: bool = False
+  remat: str = 'none'
   history_conditioning: str = 'timestep'
   family: str = 'sd3'
   num_single_layers: int = 0
 
   def __post_init__(self):
+    if isinstance(self.remat, bool):
+      object.__setattr__(self, 'remat', 'full' if self.remat else 'none')
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f'remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}')
     axes = (self.attention_head_dim,) if self.rope_axes_dim is None else self.rope_axes_dim
     object.__setattr__(self, 'rope_axes_dim', tuple(axes))
     hidden = self.hidden_size
@@ -671,10 +691,12 @@ class PyramidDiT(nnx.Module):
     return layers.rope_angles(axes, cfg.rope_axes_dim, cfg.rope_theta)
 
   def _checkpointed(self, run_block, bounds: tuple[tuple[int, int, bool], ...]):
-    """run_block with its static bounds bound, rematerialised if cfg.remat (nnx.remat
-    takes positional arguments only)."""
+    """run_block with its static bounds bound, rematerialised by cfg.remat's policy
+    (nnx.remat takes positional arguments only)."""
     run = lambda *args: run_block(*args, bounds=bounds)  # noqa: E731
-    return nnx.remat(run) if self.cfg.remat else run
+    if self.cfg.remat == 'none':
+      return run
+    return nnx.remat(run, policy=REMAT_POLICIES[self.cfg.remat]())
 
   def _blocks(self, x: Array, cond: Conditions, bounds: tuple[tuple[int, int, bool], ...],
               rope: Array | None, mask: Array | None) -> Array:
