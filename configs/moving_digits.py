@@ -25,11 +25,7 @@ VARIANTS = ('tiny', 'ar', 'vae', 'flux')
 
 
 def get_config(arg: str = ''):
-  variants = [v for v in arg.split(',') if v]
-  unknown = sorted(set(variants) - set(VARIANTS))
-  if unknown:
-    raise ValueError(f'unknown variant(s) {unknown} of configs/moving_digits.py; known: '
-                     f'{VARIANTS} (comma-separated)')
+  variants = config_lib.variants(arg, VARIANTS, 'configs/moving_digits.py')
   c = config_lib.base_config()
   if 'ar' in variants:
     c.data.num_frames = 8

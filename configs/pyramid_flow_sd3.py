@@ -26,9 +26,9 @@ _SIZES = {'384p': (384, 640, 16), '768p': (768, 1280, 31)}
 
 
 def get_config(arg: str = '384p'):
-  if arg not in _SIZES:
-    raise ValueError(f'unknown variant {arg!r} of configs/pyramid_flow_sd3.py; use '
-                     f'{sorted(_SIZES)}')
+  if not config_lib.variants(arg, tuple(_SIZES), 'configs/pyramid_flow_sd3.py',
+                             combinable=False):
+    raise ValueError(f'configs/pyramid_flow_sd3.py needs a size: one of {sorted(_SIZES)}')
   height, width, latent_frames = _SIZES[arg]
   c = config_lib.base_config()
   c.data.update(name='latents', latent_dir=f'data/latents_{arg}', image_size=height,

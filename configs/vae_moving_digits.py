@@ -31,6 +31,7 @@ from pflow_jax import config as config_lib
 
 
 def get_config(arg: str = ''):
+  config_lib.variants(arg, ('tiny',), 'configs/vae_moving_digits.py')
   c = config_lib.vae_base_config()
   if arg == 'tiny':
     c.data.update(image_size=32, num_frames=5, train_size=32, test_size=8, global_batch_size=4)
@@ -39,7 +40,7 @@ def get_config(arg: str = ''):
     c.train.update(num_steps=4, log_every=1, checkpoint_every=2, sample_every=4,
                    eval_examples=4)
     c.optim.warmup_steps = 2
-  elif not arg:
+  else:
     c.vae.update(block_out_channels=(32, 64, 64), temporal_down=(True, False, False),
                  temporal_up=(True, False, False), logvar_init=-8.0)
     c.loss.kl_weight = 0.0
@@ -48,6 +49,4 @@ def get_config(arg: str = ''):
     # The cosine is set for 6300 steps and cut at 4750: late crop steps need the
     # higher rate (a cosine over a 4800-step run ended its crops 0.8 dB lower).
     c.optim.decay_steps = 6300
-  else:
-    raise ValueError(f'unknown variant {arg!r} of configs/vae_moving_digits.py; use "" or "tiny"')
   return c

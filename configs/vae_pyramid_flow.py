@@ -15,6 +15,9 @@ from pflow_jax.models import vae as vae_lib
 
 
 def get_config(arg: str = 'sd3'):
+  if not config_lib.variants(arg, ('sd3', 'miniflux'), 'configs/vae_pyramid_flow.py',
+                             combinable=False):
+    raise ValueError('configs/vae_pyramid_flow.py needs a release: sd3 or miniflux')
   c = config_lib.vae_base_config()
   official = vae_lib.VAEConfig.official(arg)
   c.vae.update({f.name: getattr(official, f.name) for f in dataclasses.fields(official)

@@ -16,8 +16,7 @@ from pflow_jax import config as config_lib
 
 
 def get_config(arg: str = ''):
-  if arg:
-    raise ValueError(f'configs/vae_video_folder.py has no variant {arg!r}')
+  config_lib.variants(arg, (), 'configs/vae_video_folder.py')
   c = config_lib.vae_base_config()
   c.data.update(name='video_folder', image_size=64, fps=8.0, clips_per_video='all',
                 global_batch_size=8)

@@ -7,6 +7,8 @@ error about an inconsistent config lives here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import ml_collections
 
 # Logical axis -> mesh axes for the DiT (see pflow_jax/parallel/rules.py).
@@ -98,8 +100,8 @@ def base_config() -> ml_collections.ConfigDict:
       temporal_factor=1,           # T pixel frames -> 1 + (T - 1) / temporal_factor
       pixel_channels=1,
       channels=16,                 # latent channels (= pixel_channels * factor^2 for s2d)
-      shift=-0.904,                # s2d: mean and 1/std of the default digits' pixels in [-1, 1],
-      scale=2.72,                  # so latents are ~ N(0, 1) (64 px / 28 px digits: -0.928, 2.90)
+      shift=-0.904,                # s2d: mean and 1/std of the default data's pixels in [-1, 1]
+      scale=2.72,                  # (32 px, 16 px digits), so latents are ~ N(0, 1) (tested)
       vae_workdir='',
       vae_chunk_frames=0,          # > 0: encode/decode that many frames per chunk (exact)
   ))
@@ -314,6 +316,19 @@ def _check_positive(section: ml_collections.ConfigDict, prefix: str, names) -> N
   for name in names:
     if section[name] < 1:
       raise ValueError(f'{prefix}.{name} must be >= 1, got {section[name]}')
+
+
+def variants(arg: str, known: Sequence[str], config_file: str, *,
+             combinable: bool = True) -> list[str]:
+  """The variants named by a config file's argument (`--config=FILE:a,b`), checked: one
+  message naming the file and its variants for anything it does not define."""
+  chosen = [v for v in arg.split(',') if v]
+  unknown = [v for v in chosen if v not in known]
+  if unknown or (not combinable and len(chosen) > 1):
+    how = 'comma-separated' if combinable else 'at most one'
+    raise ValueError(f'{config_file} has no variant {arg!r}; its variants ({how}): '
+                     f'{list(known) or "none"}')
+  return chosen
 
 
 def validate_data(config: ml_collections.ConfigDict) -> None:

@@ -1,7 +1,9 @@
 """The launchers as a user runs them: resume after kill, bad input, sampling."""
 
+import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -281,3 +283,19 @@ def test_only_errors_raised_on_purpose_are_one_line(tmp_path, which, one_line):
     assert 'error: the input is wrong' in out, out
   else:
     assert 'cannot reshape' in out, out
+
+
+@pytest.mark.parametrize('module, arg, message', [
+    ('moving_digits', 'tiny,bad', "no variant 'tiny,bad'; its variants (comma-separated)"),
+    ('pyramid_flow_sd3', '384p,768p', 'at most one'),
+    ('pyramid_flow_sd3', '', 'needs a size'),
+    ('vae_moving_digits', 'ar', "no variant 'ar'"),
+    ('vae_video_folder', 'tiny', 'its variants (comma-separated): none'),
+    ('vae_pyramid_flow', 'sd4', "no variant 'sd4'"),
+])
+def test_every_config_file_refuses_variants_it_does_not_define(module, arg, message):
+  config_file = importlib.import_module(f'configs.{module}')
+  with pytest.raises(ValueError, match=re.escape(message)):
+    config_file.get_config(arg)
+  if module == 'moving_digits':
+    assert config_file.get_config('tiny,ar').temporal.autoregressive

@@ -17,14 +17,6 @@ import jax
 
 from pflow_jax.models import vae_load
 
-# Pixel statistics of the default moving-digits video (64x64, 8 frames, 1-2
-# digits; all 8192 train videos) mapped to [-1, 1]: mean -0.926, std 0.348.
-# Space-to-depth only rearranges pixels, so its latents share them. (At 32x32,
-# 2 frames: mean -0.73, std 0.63.)
-MOVING_DIGITS_SHIFT = -0.926
-MOVING_DIGITS_SCALE = 2.87  # 1 / std
-
-
 @runtime_checkable
 class LatentCodec(Protocol):
   """The encode/decode interface shared by the space-to-depth stand-in and the VAE."""
@@ -49,8 +41,8 @@ class SpaceToDepthCodec:
   """
   factor: int = 4
   channels: int = 1
-  shift: float = MOVING_DIGITS_SHIFT
-  scale: float = MOVING_DIGITS_SCALE
+  shift: float = 0.0   # latents = (pixels - shift) * scale; the data's stats live in the
+  scale: float = 1.0   # config (latent.shift / latent.scale), not here
   temporal_factor: ClassVar[int] = 1
 
   def __post_init__(self):
