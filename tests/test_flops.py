@@ -34,7 +34,7 @@ def test_analytic_forward_flops_match_xla_cost_analysis(variant):
   assert abs(analytic / xla - 1) < 0.1, (analytic, xla)
 
 
-@pytest.mark.parametrize('compress', [True, False])
+@pytest.mark.parametrize('compress', [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_autoregressive_step_flops_count_the_history_the_step_computes(compress):
   """The training loss of an autoregressive config (precomputed text: no text encoder
   in the count) against XLA's count of it: one target frame plus its (compressed or

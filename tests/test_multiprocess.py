@@ -1,5 +1,10 @@
 """Two processes on 127.0.0.1 (jax.distributed, 2 CPU devices each) train, checkpoint and
-sample as one process with 4 devices does; a dead process stops the other."""
+sample as one process with 4 devices does; a dead process stops the other.
+
+The tests that start further 2-process runs are marked slow (`pytest -m slow
+tests/test_multiprocess.py`, about 3 minutes): on a loaded machine the CPU collectives
+(gloo) give up when one process reaches its first collective 30 s before the other.
+"""
 
 import json
 import os
@@ -100,6 +105,7 @@ def test_two_process_checkpoint_restores_in_one_process_on_another_mesh(runs):
     np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # another 2-process run: about a minute on 2 idle cores
 def test_two_processes_sample_what_one_device_samples(runs, tmp_path):
   """Data-parallel over 4 devices (3 samples padded to 4), written once by process 0."""
   _, double, _ = runs
@@ -151,6 +157,7 @@ def stop_all(procs, logs) -> list[str]:
   return outs
 
 
+@pytest.mark.slow  # another 2-process run: about a minute on 2 idle cores
 def test_sigterm_to_one_process_stops_both_at_the_same_step(runs, tmp_path):
   procs, logs = start_training(tmp_path, runs[2])
   try:
@@ -169,6 +176,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(runs, tmp_path):
   assert restored == step and all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
+@pytest.mark.slow  # another 2-process run: about a minute on 2 idle cores
 def test_a_dead_process_makes_the_other_exit_with_a_clear_error(runs, tmp_path):
   procs, logs = start_training(tmp_path, runs[2])
   try:
