@@ -43,12 +43,13 @@ def _is_library(filename: str) -> bool:
   return any(path.startswith(d + os.sep) for d in _LIBRARY_DIRS)
 
 
-def _frames(tb: types.TracebackType | None) -> list[str]:
-  files = []
+def _tracebacks(error: BaseException) -> list[types.TracebackType]:
+  """The frames of `error`'s traceback, outermost first."""
+  tbs, tb = [], error.__traceback__
   while tb is not None:
-    files.append(tb.tb_frame.f_code.co_filename)
+    tbs.append(tb)
     tb = tb.tb_next
-  return files
+  return tbs
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,13 +68,11 @@ def raised_on_purpose(error: BaseException) -> bool:
   """True when a `raise` statement we wrote (in this package or a config file) raised
   `error`: bad input we refuse, not a failure inside a library (whose innermost
   Python frame may still be ours when the library is C code)."""
-  tb = error.__traceback__
-  if tb is None:
+  tbs = _tracebacks(error)
+  if not tbs:
     return False
-  while tb.tb_next is not None:
-    tb = tb.tb_next
-  filename = tb.tb_frame.f_code.co_filename
-  return not _is_library(filename) and tb.tb_lineno in _raise_lines(filename)
+  filename = tbs[-1].tb_frame.f_code.co_filename
+  return not _is_library(filename) and tbs[-1].tb_lineno in _raise_lines(filename)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -84,8 +83,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     if isinstance(e, ValueError) and raised_on_purpose(e):
       sys.exit(f'error: {e}')  # e.g. a config file refusing an unknown variant
-    if any(not _is_library(f) and os.path.abspath(f) != _THIS_FILE
-           for f in _frames(e.__traceback__)):
+    files = [tb.tb_frame.f_code.co_filename for tb in _tracebacks(e)]
+    if any(not _is_library(f) and os.path.abspath(f) != _THIS_FILE for f in files):
       raise  # a bug in a config file: keep the traceback
     if isinstance(e, (AttributeError, KeyError)):
       # ml_collections raises these for a `--config.a.b` that names no field.

@@ -4,10 +4,12 @@ On TPU pods and SLURM/GPU clusters JAX discovers the coordinator itself; on
 other clusters set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
 JAX_PROCESS_ID (see launch/).
 
-When a process dies, the others stop sending it work and abort once it has
-missed heartbeats for PFLOW_HEARTBEAT_TIMEOUT_S seconds (default 100, JAX's),
-with "the JAX distributed service detected fatal errors ... another task died":
-a bounded wait, never a hang. Rerunning the job resumes from the last checkpoint.
+When a process other than the coordinator (process 0) dies, the others abort
+once it has missed heartbeats for PFLOW_HEARTBEAT_TIMEOUT_S seconds (default
+100, JAX's), with "the JAX distributed service detected fatal errors ...
+another task died" (tested). The coordinator's death was once seen to leave the
+others waiting (docs/multihost.md). Rerunning the job resumes from the last
+checkpoint.
 """
 
 from collections.abc import Mapping

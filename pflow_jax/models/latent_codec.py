@@ -17,6 +17,7 @@ import jax
 
 from pflow_jax.models import vae_load
 
+
 @runtime_checkable
 class LatentCodec(Protocol):
   """The encode/decode interface shared by the space-to-depth stand-in and the VAE."""

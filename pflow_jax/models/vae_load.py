@@ -33,7 +33,7 @@ def load_vae(workdir: str, step: int | None = None):
   if 'vae' not in config:
     raise ValueError(f'{workdir} is not a VAE workdir (its config.json has no vae section)')
   vae_config = vae_lib.VAEConfig(**config.vae)
-  mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
+  mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.local_devices()[:1])
   vae_gd, abstract = nnx.split(nnx.eval_shape(
       lambda: vae_lib.CausalVAE(vae_config, dtype=jnp.dtype(config.dtype),
                                 rngs=nnx.Rngs(config.seed))))
