@@ -122,6 +122,7 @@ def base_config() -> ml_collections.ConfigDict:
       pooled_projection_dim=128,
       rope_axes_dim=(64,),         # temporal RoPE over the whole head, as official
       attention='xla',
+      sequence_parallel='none',    # 'ulysses': all-to-all attention over mesh.sequence
       remat='none',                # 'none' | 'dots' | 'full' | 'offload' (models/dit.py)
       use_temporal_causal=True,
       history_conditioning='timestep',  # 'clean': cacheable history (see models/dit.py)
@@ -410,6 +411,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.in_channels != latent.channels:
     raise ValueError(f'model.in_channels {config.model.in_channels} != latent.channels '
                      f'{latent.channels}')
+  split = config.mesh.sequence * config.mesh.tensor  # negative while one of them is -1
+  heads = config.model.num_attention_heads
+  if config.model.sequence_parallel == 'ulysses' and split > 0 and heads % split:
+    raise ValueError(f'model.sequence_parallel ulysses splits the {heads} heads over '
+                     f'mesh.tensor x mesh.sequence = {split} devices: they must divide evenly')
   columns = sum(config.pyramid.sample_ratios)
   if config.data.global_batch_size % columns:
     raise ValueError(f'data.global_batch_size {config.data.global_batch_size} is not '

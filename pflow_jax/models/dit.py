@@ -123,6 +123,9 @@ class DiTConfig:
   use_temporal_causal: mask attention block-causally over frame indices.
   mlp_ratio: MLP hidden = mlp_ratio * hidden size.
   attention: attention implementation, 'xla' or 'cudnn' (layers.attention).
+  sequence_parallel: 'none' or 'ulysses': how attention runs when the mesh's
+    sequence axis shards the tokens (parallel/sequence.py); the heads of each
+    device must divide by that axis.
   remat: what each block keeps for the backward pass (REMAT_POLICIES): 'none'
     keeps every activation; 'dots' keeps the projections' outputs and recomputes
     attention and the elementwise work; 'full' keeps only the block's input and
@@ -155,6 +158,7 @@ class DiTConfig:
   use_temporal_causal: bool = True
   mlp_ratio: float = 4.0
   attention: str = 'xla'
+  sequence_parallel: str = 'none'
   remat: str = 'none'
   history_conditioning: str = 'timestep'
   family: str = 'sd3'
@@ -185,6 +189,9 @@ class DiTConfig:
       raise ValueError(f"qk_norm must be 'rms_norm' or None, got {self.qk_norm!r}")
     if self.attention not in layers.ATTENTION_IMPLS:
       raise ValueError(f'attention must be one of {layers.ATTENTION_IMPLS}, got {self.attention!r}')
+    if self.sequence_parallel not in layers.SEQUENCE_PARALLEL:
+      raise ValueError(f'sequence_parallel must be one of {layers.SEQUENCE_PARALLEL}, got '
+                       f'{self.sequence_parallel!r}')
     if self.history_conditioning not in ('timestep', 'clean'):
       raise ValueError(f"history_conditioning must be 'timestep' or 'clean', got "
                        f'{self.history_conditioning!r}')
@@ -351,11 +358,13 @@ def _split_heads(proj: layers.Dense, x: Array, norm: layers.RMSNorm | None, head
   return y if norm is None else norm(y)
 
 
-def _attend(q: Array, k: Array, v: Array, mask: Array | None, impl: str) -> Array:
-  """Attention of [B, L, H, D] heads, merged back to [B, Lq, H * D]."""
+def _attend(q: Array, k: Array, v: Array, mask: Array | None,
+            attn: JointAttention | SingleAttention) -> Array:
+  """Attention of [B, L, H, D] heads with attn's kernel, merged back to [B, Lq, H * D]."""
   qkv_axes = ('batch', 'length', 'heads', 'kv')
   q, k, v = (rules.constrain(a, qkv_axes) for a in (q, k, v))
-  out = layers.attention(q, k, v, mask=mask, impl=impl)
+  out = layers.attention(q, k, v, mask=mask, impl=attn.impl,
+                         sequence_parallel=attn.sequence_parallel)
   return rules.constrain(out, qkv_axes).reshape(*out.shape[:2], -1)
 
 
@@ -368,9 +377,10 @@ class JointAttention(nnx.Module):
   """One attention over [text; video] with separate projections per stream."""
 
   def __init__(self, dim: int, heads: int, head_dim: int, *, qk_norm: str | None,
-               qk_norm_eps: float, context_pre_only: bool, impl: str, dtype: jnp.dtype,
-               param_dtype: jnp.dtype, rngs: nnx.Rngs):
-    self.heads, self.head_dim, self.impl = heads, head_dim, impl
+               qk_norm_eps: float, context_pre_only: bool, impl: str, sequence_parallel: str,
+               dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs):
+    self.heads, self.head_dim = heads, head_dim
+    self.impl, self.sequence_parallel = impl, sequence_parallel
     inner = heads * head_dim
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.to_q = layers.Dense(dim, inner, ('embed', 'heads'), **kw)
@@ -398,7 +408,7 @@ class JointAttention(nnx.Module):
             self._heads(self.to_v, x, None, 'length'))
 
   def _attend(self, q: Array, k: Array, v: Array, mask: Array | None) -> Array:
-    return _attend(q, k, v, mask, self.impl)
+    return _attend(q, k, v, mask, self)
 
   def __call__(self, x: Array, context: Array, rope: Array | None, mask: Array | None,
                return_kv: bool = False):
@@ -453,7 +463,8 @@ class JointTransformerBlock(nnx.Module):
                           else layers.AdaLayerNormZero(dim, **kw))
     self.attn = JointAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim,
                                qk_norm=cfg.qk_norm, qk_norm_eps=cfg.qk_norm_eps,
-                               context_pre_only=context_pre_only, impl=cfg.attention, **kw)
+                               context_pre_only=context_pre_only, impl=cfg.attention,
+                               sequence_parallel=cfg.sequence_parallel, **kw)
     self.ff = layers.FeedForward(dim, hidden, **kw)
     self.ff_context = None if context_pre_only else layers.FeedForward(dim, hidden, **kw)
 
@@ -507,9 +518,10 @@ class SingleAttention(nnx.Module):
   block's proj_out, shared with the MLP)."""
 
   def __init__(self, dim: int, heads: int, head_dim: int, *, qk_norm: str | None,
-               qk_norm_eps: float, impl: str, dtype: jnp.dtype, param_dtype: jnp.dtype,
-               rngs: nnx.Rngs):
-    self.heads, self.head_dim, self.impl = heads, head_dim, impl
+               qk_norm_eps: float, impl: str, sequence_parallel: str, dtype: jnp.dtype,
+               param_dtype: jnp.dtype, rngs: nnx.Rngs):
+    self.heads, self.head_dim = heads, head_dim
+    self.impl, self.sequence_parallel = impl, sequence_parallel
     inner = heads * head_dim
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.to_q = layers.Dense(dim, inner, ('embed', 'heads'), **kw)
@@ -545,7 +557,8 @@ class SingleTransformerBlock(nnx.Module):
     self.proj_mlp = layers.Dense(dim, hidden, ('embed', 'mlp'), **kw)
     self.attn = SingleAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim,
                                 qk_norm=cfg.qk_norm, qk_norm_eps=cfg.qk_norm_eps,
-                                impl=cfg.attention, **kw)
+                                impl=cfg.attention,
+                                sequence_parallel=cfg.sequence_parallel, **kw)
     self.proj_out = layers.Dense(dim + hidden, dim, ('mlp', 'embed'), **kw)
 
   def _update(self, x: Array, groups: list[Group], attend) -> Array:
@@ -565,7 +578,7 @@ class SingleTransformerBlock(nnx.Module):
     def attend(h):
       q, k, v = self.attn.qkv(h, rope)
       kv.append((k, v))
-      return _attend(q, k, v, mask, self.attn.impl)
+      return _attend(q, k, v, mask, self.attn)
 
     x = self._update(x, groups, attend)
     return (x, kv[0]) if return_kv else x
@@ -577,7 +590,7 @@ class SingleTransformerBlock(nnx.Module):
     def attend(h):
       q, k, v = self.attn.qkv(h, rope)
       return _attend(q, jnp.concatenate([kv[0], k], 1), jnp.concatenate([kv[1], v], 1), mask,
-                     self.attn.impl)
+                     self.attn)
 
     return self._update(x, [(0, x.shape[1], temb)], attend)
 

@@ -26,12 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pflow_jax.parallel import rules
+from pflow_jax.parallel import rules, sequence
 
 Array = jax.Array
 Initializer = nnx.initializers.Initializer
 
 ATTENTION_IMPLS = ('xla', 'cudnn')
+SEQUENCE_PARALLEL = ('none', 'ulysses')
 
 xavier_uniform = nnx.initializers.xavier_uniform()
 zeros = nnx.initializers.zeros_init()
@@ -244,16 +245,22 @@ def apply_rope(x: Array, angles: Array) -> Array:
 
 
 def attention(q: Array, k: Array, v: Array, *, mask: Array | None = None,
-              impl: str = 'xla') -> Array:
+              impl: str = 'xla', sequence_parallel: str = 'none') -> Array:
   """Multi-head attention, the one entry point over implementations.
 
   q [B, Lq, H, D], k/v [B, Lk, H, D]; mask: bool, broadcastable to [B, Lq, Lk],
   True where a query may attend to a key. Logits and softmax statistics are
   fp32 for every input dtype. impl: 'xla' (any backend) or 'cudnn' (GPU flash
-  attention through jax.nn.dot_product_attention).
+  attention through jax.nn.dot_product_attention). sequence_parallel: 'none'
+  (XLA gathers tokens sharded over the sequence axis) or 'ulysses'
+  (parallel/sequence.py: heads are exchanged for tokens, so no device holds
+  every head of every token).
   """
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f'unknown attention impl {impl!r}; known: {ATTENTION_IMPLS}')
+  if sequence_parallel not in SEQUENCE_PARALLEL:
+    raise ValueError(f'unknown sequence_parallel {sequence_parallel!r}; known: '
+                     f'{SEQUENCE_PARALLEL}')
   same_heads = (q.shape[0], *q.shape[2:]) == (k.shape[0], *k.shape[2:])
   if q.ndim != 4 or k.shape != v.shape or not same_heads:
     raise ValueError(f'attention wants q [B,Lq,H,D], k/v [B,Lk,H,D]; got {q.shape}, '
@@ -262,5 +269,11 @@ def attention(q: Array, k: Array, v: Array, *, mask: Array | None = None,
     if mask.ndim != 3 or mask.dtype != jnp.bool_:
       raise ValueError(f'attention mask must be bool [B|1, Lq|1, Lk], got {mask.dtype} '
                        f'{mask.shape}')
-    mask = mask[:, None]  # broadcast over heads
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+
+  def attend(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
+    heads_mask = None if mask is None else mask[:, None]  # broadcast over heads
+    return jax.nn.dot_product_attention(q, k, v, mask=heads_mask, implementation=impl)
+
+  if sequence_parallel == 'ulysses':
+    return sequence.ulysses_attention(attend, q, k, v, mask)
+  return attend(q, k, v, mask)

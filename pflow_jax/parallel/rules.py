@@ -71,13 +71,20 @@ def use_rules(rules: Rules) -> Iterator[None]:
     _ACTIVE_RULES.pop()
 
 
-def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
-  """Sharding constraint by logical names; a no-op outside a mesh or rules."""
+def active_spec(logical_axes: Sequence[str | None]) -> P | None:
+  """The PartitionSpec of logical axes under the active rules and mesh; None outside them."""
   mesh = jax.sharding.get_abstract_mesh()
   if not _ACTIVE_RULES or mesh.empty:
+    return None
+  return logical_to_spec(logical_axes, _ACTIVE_RULES[-1], mesh)
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+  """Sharding constraint by logical names; a no-op outside a mesh or rules."""
+  spec = active_spec(logical_axes)
+  if spec is None:
     return x
   if len(logical_axes) != x.ndim:
     raise ValueError(f'constrain: {len(logical_axes)} names for an array of '
                      f'rank {x.ndim} ({logical_axes}, shape {x.shape})')
-  spec = logical_to_spec(logical_axes, _ACTIVE_RULES[-1], mesh)
   return jax.lax.with_sharding_constraint(x, spec)
