@@ -23,7 +23,6 @@ import time
 from absl import app, flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from pflow_jax.models import vae as vae_lib

@@ -12,7 +12,7 @@ Variants (`--config=configs/moving_digits.py:<a>,<b>`, combinable):
        frame sampling with a cached history (history_conditioning 'clean').
   vae  9-frame clips on the causal VAE of configs/vae_moving_digits.py
        (latent.vae_workdir, default runs/vae_digits): 5 latent frames of 8x8x16.
-       Pre-extract the latents with `python -m pflow_jax.encode` (README).
+       Pre-extract the latents with `python -m pflow_jax.encode` (docs/vae.md).
   flux the miniFLUX DiT family (models/dit.py): double-stream blocks, then
        single-stream blocks (2 + 4 at the default width, 1 + 2 with tiny), RoPE
        over (frame, y, x) instead of the sincos table.

@@ -19,11 +19,11 @@ with `loss.recon='l2'`; LPIPS needs VGG weights that cannot be downloaded here.
 Measured on the 2-core CPU with XLA_FLAGS=--xla_force_host_platform_device_count=4
 (data parallel over 4 host devices): 4750 steps in 51 min 42 s, held-out PSNR
 27.35 dB (128 clips) after the crops and 28.55 after the whole-frame steps,
-28.73 +- 0.16 on all 512 clips. The README has what the whole-frame finish, the cut cosine and dropping
+28.73 +- 0.16 on all 512 clips. docs/vae.md has what the whole-frame finish, the cut cosine and dropping
 the KL term (official weight 1e-6) are each worth, and what did not help.
 
 Variants (`--config=configs/vae_moving_digits.py:<arg>`):
-  ''   (default) the README's VAE run.
+  ''   (default) the VAE run of docs/vae.md.
   tiny a few steps of a very small VAE, for tests.
 """
 

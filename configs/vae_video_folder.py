@@ -9,7 +9,7 @@
 Clips of 5 frames at 8 fps, resized and centre-cropped to 64x64, every
 non-overlapping clip of each video; trained on random 32x32 crops. 4x spatial
 and 2x temporal compression to 16 channels, as the digits VAE (which is twice
-as wide: 32/64/64); the README's real-clip PSNR was measured at this width.
+as wide: 32/64/64); docs/vae.md's real-clip PSNR was measured at this width.
 """
 
 from pflow_jax import config as config_lib

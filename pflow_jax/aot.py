@@ -85,7 +85,7 @@ def memory_row(compiled) -> dict[str, float]:
 
 
 def compile_train(config: ml_collections.ConfigDict, mesh) -> dict[str, float]:
-  tx = state_lib.make_optimizer(config.optim)
+  tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
   graphdef, abstract, shardings = state_lib.state_shardings(config, mesh, tx)
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                        abstract, shardings)
@@ -107,7 +107,7 @@ def compile_sample(config: ml_collections.ConfigDict, mesh) -> dict[str, float]:
   """The sampler's largest DiT program with CFG (2 x batch): the whole clip at full
   resolution, or for autoregressive configs the last frame's full-resolution unit on a
   full history window (the sampler's `unit_velocity`, history recomputed)."""
-  tx = state_lib.make_optimizer(config.optim)
+  tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
   graphdef, abstract, shardings = state_lib.state_shardings(config, mesh, tx)
   params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract.params, shardings.params)

@@ -11,10 +11,6 @@ from collections.abc import Sequence
 
 import ml_collections
 
-# Logical axis -> mesh axes for the DiT (see pflow_jax/parallel/rules.py).
-# Batch over data and fsdp (FSDP shards parameters along 'embed' and is
-# data-parallel for activations); heads and MLP over tensor; tokens over
-# sequence.
 DATASETS = ('moving_digits', 'video_folder', 'latents')
 LATENT_KINDS = ('space_to_depth', 'vae')
 DTYPES = ('float32', 'bfloat16')
@@ -37,6 +33,10 @@ VAE_RULES = (
     ('norm', None),
 )
 
+# Logical axis -> mesh axes for the DiT (see pflow_jax/parallel/rules.py).
+# Batch over data and fsdp (FSDP shards parameters along 'embed' and is
+# data-parallel for activations); heads and MLP over tensor; tokens over
+# sequence.
 DIT_RULES = (
     ('batch', ('data', 'fsdp')),
     ('length', 'sequence'),
@@ -171,6 +171,7 @@ def base_config() -> ml_collections.ConfigDict:
       lr=1e-3,                     # small model, short CPU runs (the paper-scale configs use 5e-5)
       warmup_steps=100,
       decay_steps=0,               # 0: constant after warm-up (official); N: cosine to 0 over N
+                                   # steps; -1: cosine to 0 at train.num_steps
       b1=0.9,
       b2=0.95,
       eps=1e-8,
@@ -254,7 +255,7 @@ def vae_base_config() -> ml_collections.ConfigDict:
   ))
   c.optim = ml_collections.ConfigDict(dict(
       lr=2e-3, warmup_steps=100, b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-3,
-      decay_steps=-1,              # -1: cosine to 0 over train.num_steps (short runs end sharper)
+      decay_steps=-1,              # as the DiT's optim: -1 reaches 0 at train.num_steps
       clip_grad=1.0, ema_decay=0.99))
   c.train = ml_collections.ConfigDict(dict(
       num_steps=3600, log_every=20, checkpoint_every=300, keep_checkpoints=3,

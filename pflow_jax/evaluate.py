@@ -113,36 +113,24 @@ def generate(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, params: 
   # Pad to whole batches so one compiled program serves every batch.
   padded = captions + [captions[-1]] * (-n % batch_size)
   text = inference.prompt_text(config, padded)
-  if config.temporal.autoregressive:
-    tf = config.latent.temporal_factor
-    frames = num_frames or config.data.num_frames
-    generator = inference.VideoGenerator(config, graphdef, codec,
-                                         num_frames=1 + (frames - 1) // tf)
-    encode = jax.jit(lambda c, v: c.encode(v))
-  else:
-    if first_frames is not None or num_frames:
-      raise ValueError('--task=i2v and --num_frames need a model trained with '
-                       'temporal.autoregressive=True')
-    generate_batch = inference.make_generate_fn(
-        config, graphdef, codec, num_samples=batch_size,
-        steps_per_stage=config.sample.steps_per_stage,
-        guidance_scale=config.sample.guidance_scale)
+  if not config.temporal.autoregressive and (first_frames is not None or num_frames):
+    raise ValueError('--task=i2v and --num_frames need a model trained with '
+                     'temporal.autoregressive=True')
+  sample = inference.make_video_sampler(config, graphdef, codec, num_samples=batch_size,
+                                        pixel_frames=num_frames or None)
+  encode = jax.jit(lambda c, v: c.encode(v))
   out = []
   for start in tqdm(range(0, len(padded), batch_size), desc='sampling', unit='batch'):
     rng = jax.random.fold_in(jax.random.key(seed), start // batch_size)
     batch_text = {k: jnp.asarray(v[start:start + batch_size]) for k, v in text.items()}
-    if config.temporal.autoregressive:
-      prefix = None
-      if first_frames is not None:
-        given = first_frames[start:start + batch_size]
-        given = np.concatenate([given, np.repeat(given[-1:], batch_size - len(given), 0)])
-        prefix = encode(codec, pipeline.video_to_float(jnp.asarray(given)))
-      videos = inference.to_uint8(generator.decode(
-          generator.latents(params, batch_text, rng, prefix)))
-      if first_frames is not None:  # the given frame as it is, not re-decoded
-        videos[:, :1] = given[:, :1]
-    else:
-      videos = inference.to_uint8(generate_batch(params, batch_text, rng))
+    prefix = None
+    if first_frames is not None:
+      given = first_frames[start:start + batch_size]
+      given = np.concatenate([given, np.repeat(given[-1:], batch_size - len(given), 0)])
+      prefix = encode(codec, pipeline.video_to_float(jnp.asarray(given)))
+    videos = sample(params, batch_text, rng, prefix)
+    if first_frames is not None:  # the given frame as it is, not re-decoded
+      videos[:, :1] = given[:, :1]
     out.append(videos)
   return np.concatenate(out)[:n]
 

@@ -223,6 +223,45 @@ def sample_text(config: ml_collections.ConfigDict) -> dict[str, np.ndarray] | No
   return None
 
 
+# sample(params, text, rng, prefix=None, on_frame=None) -> uint8 videos [N, T, H, W, C].
+VideoSampler = Callable[..., np.ndarray]
+
+
+def make_video_sampler(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
+                       codec: LatentCodec, *, num_samples: int,
+                       pixel_frames: int | None = None) -> VideoSampler:
+  """The config's model and sampling settings (config.sample) as one sampler for text
+  batches of num_samples prompts.
+
+  Autoregressive models generate frame by frame (VideoGenerator), pixel_frames
+  long (default: the training clips), and continue a latent prefix [N, P, h, w, C]
+  when given one (image-to-video, video extension); on_frame(i) is called per new
+  latent frame. Other models generate whole training-length clips in one program.
+  """
+  if config.temporal.autoregressive:
+    frames = pixel_frames or config.data.num_frames
+    generator = VideoGenerator(config, graphdef, codec,
+                               num_frames=1 + (frames - 1) // config.latent.temporal_factor)
+
+    def sample_frames(params, text, rng, prefix=None, on_frame=None):
+      return to_uint8(generator.decode(generator.latents(params, text, rng, prefix,
+                                                         on_frame=on_frame)))
+    return sample_frames
+  if pixel_frames not in (None, config.data.num_frames):
+    raise ValueError(f'{pixel_frames} frames: only a model trained with '
+                     'temporal.autoregressive=True generates other lengths than its clips')
+  generate = make_generate_fn(config, graphdef, codec, num_samples=num_samples,
+                              steps_per_stage=config.sample.steps_per_stage,
+                              guidance_scale=config.sample.guidance_scale)
+
+  def sample_clips(params, text, rng, prefix=None, on_frame=None):
+    if prefix is not None:
+      raise ValueError('continuing given frames needs a model trained with '
+                       'temporal.autoregressive=True')
+    return to_uint8(generate(params, text, rng))
+  return sample_clips
+
+
 def training_sampler(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
                      codec: LatentCodec) -> Callable[[nnx.State, jax.Array], np.ndarray] | None:
   """sample(params, rng) -> uint8 videos of the config's sample prompts, as the trainer
@@ -231,13 +270,5 @@ def training_sampler(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
   text = sample_text(config)
   if text is None:
     return None
-  if config.temporal.autoregressive:
-    generator = VideoGenerator(config, graphdef, codec,
-                               num_frames=config_lib.latent_size(config)[0])
-    generate = lambda params, rng: generator.decode(generator.latents(params, text, rng))
-  else:
-    fn = make_generate_fn(config, graphdef, codec, num_samples=batch_size(text),
-                          steps_per_stage=config.sample.steps_per_stage,
-                          guidance_scale=config.sample.guidance_scale)
-    generate = lambda params, rng: fn(params, text, rng)
-  return lambda params, rng: to_uint8(generate(params, rng))
+  sample = make_video_sampler(config, graphdef, codec, num_samples=batch_size(text))
+  return lambda params, rng: sample(params, text, rng)

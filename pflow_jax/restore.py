@@ -29,7 +29,7 @@ def load_params(config: ml_collections.ConfigDict, workdir: str, step: int | Non
   this process's first device)."""
   if mesh is None:
     mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.local_devices()[:1])
-  tx = state_lib.make_optimizer(config.optim)
+  tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
   graphdef, abstract, shardings = state_lib.state_shardings(config, mesh, tx)
   params, step = checkpoint.restore_ema_params(workdir, abstract.ema_params,
                                                shardings.ema_params, step)

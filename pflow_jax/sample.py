@@ -164,28 +164,23 @@ def _generate(config: ml_collections.ConfigDict, graphdef, params, text: dict[st
   tf = config.latent.temporal_factor
   codec = latent_codec.make_codec(config.latent)
   rng = jax.random.key(seed)
-  if config.temporal.autoregressive:
-    latent_frames = 1 + (pixel_frames - 1) // tf
-    generator = inference.VideoGenerator(config, graphdef, codec, num_frames=latent_frames)
-    given = conditioning_frames(config, image, video, pixel_frames - tf)
-    prefix = None
-    if given is not None:
-      pixels = pipeline.video_to_float(jnp.asarray(np.repeat(given[None], num_samples, 0)))
-      prefix = jax.jit(lambda c, v: c.encode(v))(codec, pixels)
-      logging.info('continuing %d given frame(s) (%d latent)', len(given), prefix.shape[1])
-    bar = tqdm(total=latent_frames - (0 if prefix is None else prefix.shape[1]),
-               desc='frames', unit='latent frame', disable=jax.process_index() != 0)
-    latents = generator.latents(params, text, rng, prefix, on_frame=lambda _: bar.update(1))
-    bar.close()
-    videos = inference.to_uint8(generator.decode(latents))
-    if given is not None:  # show the given frames as they are, not re-decoded
-      videos[:, :len(given)] = given[None]
-  else:
-    generate = inference.make_generate_fn(
-        config, graphdef, codec, num_samples=num_samples,
-        steps_per_stage=config.sample.steps_per_stage,
-        guidance_scale=config.sample.guidance_scale)
-    videos = inference.to_uint8(generate(params, text, rng))
+  sample = inference.make_video_sampler(config, graphdef, codec, num_samples=num_samples,
+                                        pixel_frames=pixel_frames)
+  if not config.temporal.autoregressive:
+    return sample(params, text, rng)
+  given = conditioning_frames(config, image, video, pixel_frames - tf)
+  prefix = None
+  if given is not None:
+    pixels = pipeline.video_to_float(jnp.asarray(np.repeat(given[None], num_samples, 0)))
+    prefix = jax.jit(lambda c, v: c.encode(v))(codec, pixels)
+    logging.info('continuing %d given frame(s) (%d latent)', len(given), prefix.shape[1])
+  latent_frames = 1 + (pixel_frames - 1) // tf
+  bar = tqdm(total=latent_frames - (0 if prefix is None else prefix.shape[1]),
+             desc='frames', unit='latent frame', disable=jax.process_index() != 0)
+  videos = sample(params, text, rng, prefix, on_frame=lambda _: bar.update(1))
+  bar.close()
+  if given is not None:  # show the given frames as they are, not re-decoded
+    videos[:, :len(given)] = given[None]
   return videos
 
 

@@ -36,7 +36,7 @@ def test_vae_chunked_memory_stays_flat_as_the_video_grows(tmp_path):
 @pytest.mark.slow
 def test_temporal_benchmark_reports_per_frame_cost_and_equal_cached_video(tmp_path):
   out = tmp_path / 'temporal.json'
-  stdout = run_module('pflow_jax.bench', '--mode=temporal',
+  stdout = run_module('benchmarks.speed', '--mode=temporal',
                       '--config=configs/moving_digits.py:ar,tiny', '--units=1,5',
                       '--sample_repeats=1', f'--out={out}')
   assert 'pyramid_cached keys' in stdout

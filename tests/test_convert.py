@@ -121,7 +121,7 @@ def test_fine_tuning_starts_from_the_converted_weights(tmp_path):
   config = restore.load_config(str(source))
   config.train.init_from = str(source)
   mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
-  tx = state_lib.make_optimizer(config.optim)
+  tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
   _, abstract, shardings = state_lib.state_shardings(config, mesh, tx)
   target = tmp_path / 'finetune'
   target.mkdir()

@@ -254,7 +254,7 @@ def test_flux_config_trains_through_the_jitted_step():
   config.dtype = 'float32'
   mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
   codec = latent_codec.make_codec(config.latent)
-  tx = state_lib.make_optimizer(config.optim)
+  tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
   graphdef, _, shardings = state_lib.state_shardings(config, mesh, tx)
   state = state_lib.init_state(config, mesh, tx, shardings)
   batch = synthetic_batch(config, np.random.default_rng(0))

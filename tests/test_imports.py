@@ -23,8 +23,7 @@ LAYERS = (
     ('pflow_jax.inference', 'pflow_jax.restore'),
     ('pflow_jax.eval',),
     ('pflow_jax.train', 'pflow_jax.train_vae', 'pflow_jax.sample', 'pflow_jax.evaluate',
-     'pflow_jax.encode', 'pflow_jax.embed_text', 'pflow_jax.convert', 'pflow_jax.aot',
-     'pflow_jax.bench'),
+     'pflow_jax.encode', 'pflow_jax.embed_text', 'pflow_jax.convert', 'pflow_jax.aot'),
 )
 
 

@@ -45,7 +45,7 @@ def test_train_on_embeddings_then_sample_from_a_file(tmp_path, variants):
   config = precomputed_config(*variants)
   mesh = mesh_lib.make_mesh({'data': 1}, devices=jax.devices()[:1])
   codec = latent_codec.make_codec(config.latent)
-  tx = state_lib.make_optimizer(config.optim)
+  tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
   graphdef, _, shardings = state_lib.state_shardings(config, mesh, tx)
   state = state_lib.init_state(config, mesh, tx, shardings)
   rng = np.random.default_rng(0)

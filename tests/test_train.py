@@ -27,7 +27,7 @@ def tiny_config(**batch):
 
 def run_steps(config, mesh, batches):
   codec = latent_codec.make_codec(config.latent)
-  tx = state_lib.make_optimizer(config.optim)
+  tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
   graphdef, _, shardings = state_lib.state_shardings(config, mesh, tx)
   state = state_lib.init_state(config, mesh, tx, shardings)
   step = step_lib.jit_train_step(step_lib.make_train_step(config, graphdef, tx), mesh,
@@ -72,7 +72,7 @@ def test_checkpoint_restores_on_another_mesh(tmp_path):
   ckpt.wait()
 
   mesh_b = mesh_lib.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
-  tx = state_lib.make_optimizer(config.optim)
+  tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
   _, abstract, shardings_b = state_lib.state_shardings(config, mesh_b, tx)
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings_b)
@@ -96,7 +96,7 @@ def test_restore_into_an_incompatible_config_raises(tmp_path):
   ckpt.wait()
   bigger = tiny_config()
   bigger.model.num_layers = 3
-  tx = state_lib.make_optimizer(bigger.optim)
+  tx = state_lib.make_optimizer(bigger.optim, bigger.train.num_steps)
   _, abstract, shardings = state_lib.state_shardings(bigger, mesh, tx)
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
@@ -105,13 +105,14 @@ def test_restore_into_an_incompatible_config_raises(tmp_path):
   ckpt.close()
 
 
-@pytest.mark.parametrize('decay_steps', [0, 50])
+@pytest.mark.parametrize('decay_steps', [0, 50, -1])
 def test_learning_rate_schedule(decay_steps):
-  """Linear warm-up to lr, then constant (official) or a cosine to 0 over decay_steps:
-  the AdamW update of a unit gradient is -lr(t) * sign (b1 = b2 = 0, no decay, no clip)."""
+  """Linear warm-up to lr, then constant (official) or a cosine to 0 over decay_steps (-1:
+  to 0 at the run's last step, 60 = 10 + 50 here): the AdamW update of a unit gradient is
+  -lr(t) * sign (b1 = b2 = 0, no decay, no clip)."""
   optim = ml_collections.ConfigDict(dict(lr=0.1, warmup_steps=10, decay_steps=decay_steps, b1=0.0,
                                          b2=0.0, eps=1e-12, weight_decay=0.0, clip_grad=1e9))
-  tx = state_lib.make_optimizer(optim)
+  tx = state_lib.make_optimizer(optim, num_steps=60)
   params = jnp.zeros(())
   opt_state = tx.init(params)
   rates = []
@@ -213,7 +214,7 @@ def test_weight_decay_spares_biases_and_norm_scales():
   """With zero gradients AdamW only decays: kernels shrink by lr * wd, 1-D parameters stay."""
   optim = ml_collections.ConfigDict(dict(lr=0.1, warmup_steps=1, decay_steps=0, b1=0.9,
                                          b2=0.95, eps=1e-8, weight_decay=0.5, clip_grad=1.0))
-  tx = state_lib.make_optimizer(optim)
+  tx = state_lib.make_optimizer(optim, num_steps=1)
   graphdef, params = nnx.split(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), nnx.Param)
   params = jax.tree.map(lambda p: p + 1.0, params)      # a non-zero bias
   opt_state = tx.init(params)

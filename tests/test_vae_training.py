@@ -15,7 +15,7 @@ from pflow_jax import checkpoint, config as config_lib
 from pflow_jax.data import latent_encoding as encode_lib
 from pflow_jax.data import datasets, latent_dataset, moving_digits as md
 from pflow_jax.models import discriminator as disc_lib
-from pflow_jax.models import latent_codec, vae_load
+from pflow_jax.models import latent_codec, vae as vae_lib, vae_load
 from pflow_jax.parallel import mesh as mesh_lib
 from pflow_jax.training import state as state_lib, step as step_lib, vae_loop, vae_step
 
@@ -35,10 +35,13 @@ def test_loss_terms_follow_their_formulas():
   real, fake = jnp.array([2.0, 0.5]), jnp.array([-2.0, 0.0])
   np.testing.assert_allclose(vae_step.hinge_d_loss(real, fake), 0.5 * (0.25 + 0.5))
   z = jnp.arange(2 * 3 * 1 * 1 * 2, dtype=jnp.float32).reshape(2, 3, 1, 1, 2)
-  m = vae_step.latent_moments(z)
+  m = vae_lib.latent_moments(z)
   first, rest = np.asarray(z[:, :1]), np.asarray(z[:, 1:])
   np.testing.assert_allclose(m[0], [first.size, first.sum(), (first ** 2).sum()])
   np.testing.assert_allclose(m[1], [rest.size, rest.sum(), (rest ** 2).sum()])
+  stats = vae_lib.latent_group_stats(2 * np.asarray(m))   # two equal batches summed
+  np.testing.assert_allclose(stats['first_frame'], (first.mean(), first.std()), rtol=1e-6)
+  np.testing.assert_allclose(stats['video'], (rest.mean(), rest.std()), rtol=1e-6)
 
 
 @pytest.mark.slow
@@ -235,7 +238,7 @@ def test_evaluation_counts_informative_channels_and_averages_psnr_per_clip_and_f
     noise_variance = jnp.broadcast_to(jnp.asarray(noise, jnp.float32), z.shape)
     return (x, jnp.asarray(clip_scores[clip]), jnp.asarray(frame_scores[clip]),
             jnp.asarray(frame_scores[clip]) / 100.0,
-            vae_step.latent_moments(z), vae_step.channel_moments(z, noise_variance))
+            vae_lib.latent_moments(z), vae_step.channel_moments(z, noise_variance))
 
   metrics, _, _ = vae_loop.evaluate(reconstruct, None, clips, num_examples=10, batch_size=3)
   sample_variance = latents.reshape(-1, 4).var(axis=0)
@@ -342,7 +345,7 @@ def test_dit_step_on_stored_latents_equals_step_on_videos(vae_run, tmp_path):
   encode_lib.encode_dataset(config, out, ['train'], part_size=64, batch_size=6)
   codec = latent_codec.make_codec(config.latent)
   mesh = _single_mesh()
-  tx = state_lib.make_optimizer(config.optim)
+  tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
   graphdef, _, shardings = state_lib.state_shardings(config, mesh, tx)
   loss_fn = jax.jit(step_lib.make_loss_fn(config, graphdef))
   params = state_lib.init_state(config, mesh, tx, shardings).params
@@ -371,8 +374,9 @@ def test_latent_dataset_mismatch_is_an_error(vae_run, tmp_path):
 
 
 def test_learning_rate_decays_over_the_run_and_overrides_stay_independent():
-  """decay_steps -1 is the cosine over train.num_steps: after warm-up the unit-gradient
-  update (b1 = b2 = 0) is lr (1 + cos(pi s / S)) / 2; setting one field leaves the other."""
+  """decay_steps -1 is the cosine over the run's steps after warm-up, D = num_steps - warmup:
+  the unit-gradient update (b1 = b2 = 0) is lr (1 + cos(pi s / D)) / 2; setting one field
+  leaves the other."""
   config = vae_moving_digits.get_config('')
   assert config_lib.vae_base_config().optim.decay_steps == -1
   config.optim.update(b1=0.0, b2=0.0, eps=1e-12, weight_decay=0.0, warmup_steps=1,
@@ -386,8 +390,9 @@ def test_learning_rate_decays_over_the_run_and_overrides_stay_independent():
     update, opt_state = tx.update(jnp.ones(()), opt_state, params)
     rates.append(-float(update))
   s = np.arange(41) - 1.0
-  expected = np.where(s < 0, 0.0, config.optim.lr * 0.5 * (1 + np.cos(np.pi * np.clip(s, 0, 40)
-                                                                       / 40)))
+  decay = 40 - 1
+  expected = np.where(s < 0, 0.0, config.optim.lr * 0.5 * (1 + np.cos(np.pi * np.clip(s, 0, decay)
+                                                                       / decay)))
   np.testing.assert_allclose(rates, expected, atol=1e-7)
   config.optim.decay_steps = 7
   assert config.train.num_steps == 40

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from pflow_jax import checkpoint, config as config_lib
 from pflow_jax.data import datasets, latent_dataset, pipeline
-from pflow_jax.models import latent_codec
+from pflow_jax.models import latent_codec, vae as vae_lib
 from pflow_jax.parallel import mesh as mesh_lib
 
 
@@ -86,7 +86,7 @@ def encode_dataset(config: ml_collections.ConfigDict, out: str, splits: list[str
         pad = batch_size - len(batch)  # one compiled shape: pad the last batch
         video = np.concatenate([video, np.repeat(video[-1:], pad, axis=0)])
         latents = np.asarray(jax.device_get(encode(codec, video)))[:len(batch)]
-        moments += _moments(latents)
+        moments += np.asarray(vae_lib.latent_moments(latents), np.float64)
         records += [{'latents': z, 'caption': r['caption'], 'index': i}
                     for i, z, r in zip(range(start, start + len(batch)), latents, batch)]
         bar.update(len(batch))
@@ -102,22 +102,10 @@ def encode_dataset(config: ml_collections.ConfigDict, out: str, splits: list[str
       'latent_shape': list(latent_shape),
       'splits': lengths,
       'data': config.data.to_dict(),
-      'normalised_latent_stats (this process)': _stats(moments),
+      'normalised_latent_stats (this process)': {
+          name: {'mean': mean, 'std': std}
+          for name, (mean, std) in vae_lib.latent_group_stats(moments).items()},
   }
   if process == 0:
     latent_dataset.finalize(out, latent_shape, lengths, part_size, info)
   return info
-
-
-def _moments(z: np.ndarray) -> np.ndarray:
-  z = z.astype(np.float64)
-  return np.array([[p.size, p.sum(), np.square(p).sum()] for p in (z[:, :1], z[:, 1:])])
-
-
-def _stats(moments: np.ndarray) -> dict:
-  out = {}
-  for name, (count, total, squares) in zip(('first_frame', 'later_frames'), moments):
-    if count:
-      mean = total / count
-      out[name] = {'mean': mean, 'std': float(np.sqrt(max(squares / count - mean ** 2, 0)))}
-  return out

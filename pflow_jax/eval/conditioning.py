@@ -6,7 +6,7 @@ objective itself (make_loss_fn, without caption dropout), per pyramid stage, on
 the same clips, noise and timesteps for the three caption sets:
 
   own       each clip's caption
-  shuffled  the caption of the next clip in the batch (a different prompt)
+  shuffled  the caption of the previous clip in the batch (a different prompt)
   empty     the unconditional caption classifier-free guidance uses
   text_gain 1 - own / shuffled per stage: the share of the loss the prompt explains
 

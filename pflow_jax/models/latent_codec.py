@@ -2,9 +2,10 @@
 
 Every codec maps float video in [-1, 1], [B, T, H, W, C], to latents
 [B, T', H', W', C'] that are roughly zero-mean and unit-variance, and back.
-`SpaceToDepthCodec` is the fixed, lossless stand-in used until the VAE lands:
-each factor x factor pixel block is folded into channels, then normalised like
-the official VAE latents, `latent = (z - shift) * scale`.
+`SpaceToDepthCodec` is fixed and lossless (the CPU-sized default): each
+factor x factor pixel block is folded into channels, then normalised like the
+official VAE latents, `latent = (z - shift) * scale`. `VAECodec` wraps a
+trained causal VAE.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pflow_jax.models import vae_load
 
 @runtime_checkable
 class LatentCodec(Protocol):
-  """The encode/decode interface shared by the space-to-depth stand-in and the VAE."""
+  """The encode/decode interface shared by the space-to-depth codec and the VAE."""
   latent_channels: int
   spatial_factor: int
   temporal_factor: int

@@ -289,6 +289,42 @@ def denormalize_latents(z: Array, config: VAEConfig) -> Array:
   return jnp.concatenate([first, rest], axis=1)
 
 
+# The two groups normalised apart: VAEConfig's first_frame_* and video_* constants.
+LATENT_GROUPS = ('first_frame', 'video')
+
+
+def moments(x: Array, axis: tuple[int, ...]) -> Array:
+  """float32 [3, ...]: (count, sum, sum of squares) of x over `axis`; sums over batches add."""
+  x = x.astype(jnp.float32)
+  total = x.sum(axis=axis)
+  count = jnp.full_like(total, x.size // total.size)
+  return jnp.stack([count, total, jnp.square(x).sum(axis=axis)])
+
+
+def latent_moments(z: Array) -> Array:
+  """float32 [2, 3]: moments of the first latent frame and of the later ones (LATENT_GROUPS)
+  of latents z [B, T, ...]."""
+  every_axis = tuple(range(z.ndim))
+  return jnp.stack([moments(z[:, :1], every_axis), moments(z[:, 1:], every_axis)])
+
+
+def mean_variance(summed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(mean, variance) from summed moments [3, ...] (count, sum, sum of squares)."""
+  count, total, squares = np.asarray(summed, np.float64)
+  mean = total / count
+  return mean, np.maximum(squares / count - np.square(mean), 0.0)
+
+
+def latent_group_stats(summed: np.ndarray) -> dict[str, tuple[float, float]]:
+  """{group: (mean, std)} of summed latent_moments, for the groups that hold values."""
+  out = {}
+  for name, group in zip(LATENT_GROUPS, np.asarray(summed, np.float64)):
+    if group[0]:
+      mean, variance = mean_variance(group)
+      out[name] = (float(mean), float(np.sqrt(variance)))
+  return out
+
+
 # --- Temporal chunking (exact) -----------------------------------------------------------
 
 _Apply = Callable[[CausalVAE, Array, blocks.TemporalCache], Any]

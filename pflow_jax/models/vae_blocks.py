@@ -81,11 +81,12 @@ class CausalConv3d(nnx.Module):
       raise ValueError(f'spatial kernel sizes must be odd, got {kernel}')
     self.kernel_size = kernel
     self.dtype = dtype
-    self.kernel = nnx.Param(nnx.with_partitioning(
-        _KERNEL_INIT, (None, None, None, 'conv_in', 'conv_out'))(
-            rngs.params(), kernel + (in_channels, out_channels), param_dtype))
-    self.bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros, ('conv_out',))(
-        rngs.params(), (out_channels,), param_dtype)) if use_bias else None
+    self.kernel = nnx.Param(
+        _KERNEL_INIT(rngs.params(), kernel + (in_channels, out_channels), param_dtype),
+        out_sharding=(None, None, None, 'conv_in', 'conv_out'))
+    self.bias = nnx.Param(
+        nnx.initializers.zeros(rngs.params(), (out_channels,), param_dtype),
+        out_sharding=('conv_out',)) if use_bias else None
 
   def __call__(self, x: Array, cache: TemporalCache | None = None) -> Array:
     kt, kh, kw = self.kernel_size
@@ -142,10 +143,10 @@ class GroupNorm(nnx.Module):
     self.num_groups = num_groups
     self.epsilon = epsilon
     self.dtype = dtype
-    self.scale = nnx.Param(nnx.with_partitioning(nnx.initializers.ones, ('norm',))(
-        rngs.params(), (channels,), param_dtype))
-    self.bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros, ('norm',))(
-        rngs.params(), (channels,), param_dtype))
+    self.scale = nnx.Param(nnx.initializers.ones(rngs.params(), (channels,), param_dtype),
+                           out_sharding=('norm',))
+    self.bias = nnx.Param(nnx.initializers.zeros(rngs.params(), (channels,), param_dtype),
+                          out_sharding=('norm',))
 
   def __call__(self, x: Array) -> Array:
     *lead, h, w, c = x.shape
@@ -165,10 +166,11 @@ class Linear(nnx.Module):
   def __init__(self, in_features: int, out_features: int, *, dtype: jnp.dtype = jnp.float32,
                param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     self.dtype = dtype
-    self.kernel = nnx.Param(nnx.with_partitioning(_KERNEL_INIT, ('conv_in', 'conv_out'))(
-        rngs.params(), (in_features, out_features), param_dtype))
-    self.bias = nnx.Param(nnx.with_partitioning(nnx.initializers.zeros, ('conv_out',))(
-        rngs.params(), (out_features,), param_dtype))
+    self.kernel = nnx.Param(
+        _KERNEL_INIT(rngs.params(), (in_features, out_features), param_dtype),
+        out_sharding=('conv_in', 'conv_out'))
+    self.bias = nnx.Param(nnx.initializers.zeros(rngs.params(), (out_features,), param_dtype),
+                          out_sharding=('conv_out',))
 
   def __call__(self, x: Array) -> Array:
     return (x.astype(self.dtype) @ self.kernel[...].astype(self.dtype)

@@ -1,7 +1,9 @@
 """Logical axis names -> mesh axes.
 
-Parameters are created with `nnx.with_partitioning(init, ('embed', 'mlp'))` and
-activations are constrained with `constrain(x, ('batch', 'length', 'embed'))`.
+Parameters carry logical axis names as `out_sharding` metadata
+(`nnx.Param(value, out_sharding=('embed', 'mlp'))`; flax's own modules get them
+from `nnx.with_partitioning` initialisers) and activations are constrained with
+`constrain(x, ('batch', 'length', 'embed'))`.
 A rules table (one per config, a sequence of `(logical_name, mesh_axes)`)
 decides where each logical axis lives, so the model code never names mesh axes.
 """

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -162,6 +162,67 @@ def _columns(x: jax.Array, num_columns: int, first: int, count: int) -> jax.Arra
   return x.reshape((rows * count,) + x.shape[2:])
 
 
+class _Column(NamedTuple):
+  """One stage's share of the batch, on that stage's flow path."""
+  stage: int
+  take: Callable[[jax.Array], jax.Array]  # this column's samples of any [B, ...] array
+  levels: list[jax.Array]                 # its clean latent pyramid, coarsest first
+  start: jax.Array
+  end: jax.Array
+  timesteps: jax.Array                    # [b], the DiT's time input
+  ratio: jax.Array                        # [b, 1, 1, 1, 1]: x = ratio * start + (1 - ratio) * end
+
+  def point(self) -> jax.Array:
+    return self.ratio * self.start + (1.0 - self.ratio) * self.end
+
+
+def _stage_columns(latents: jax.Array, cond: Any, noise_rng: jax.Array, time_rng: jax.Array,
+                   schedule: PyramidSchedule, sample_ratios: Sequence[int]) -> list[_Column]:
+  """The batch split into stage columns: sample j goes to column j % sum(sample_ratios),
+  sample_ratios[k] columns for stage k; each stage gets its view of one full-resolution
+  noise draw and its own timesteps."""
+  k = schedule.stages
+  check_resolution(latents.shape, k)
+  batch = latents.shape[0]
+  ratios = _check_sample_ratios(sample_ratios, k, batch)
+  for leaf in jax.tree.leaves(cond):
+    if jnp.shape(leaf)[:1] != (batch,):
+      raise ValueError(f'every cond leaf needs leading batch dim {batch}, got shape '
+                       f'{jnp.shape(leaf)}')
+  num_columns = sum(ratios)
+  latents = latents.astype(jnp.float32)
+  noise = jax.random.normal(noise_rng, latents.shape, jnp.float32)
+  time_rngs = jax.random.split(time_rng, k)
+  columns, first = [], 0
+  for stage, count in enumerate(ratios):
+    take = functools.partial(_columns, num_columns=num_columns, first=first, count=count)
+    first += count
+    levels = downsample_pyramid(take(latents), k)
+    start, end = stage_endpoints(levels, noise_pyramid(take(noise), k), schedule, stage)
+    idx = sample_timestep_indices(time_rngs[stage], start.shape[0], schedule.num_train_timesteps)
+    ratio = jnp.asarray(schedule.stage_ratios[stage])[idx][:, None, None, None, None]
+    columns.append(_Column(stage, take, levels, start, end,
+                           jnp.asarray(schedule.stage_timesteps[stage])[idx], ratio))
+  return columns
+
+
+def _column_error(out: jax.Array, x: jax.Array, target: jax.Array, column: _Column,
+                  schedule: PyramidSchedule, prediction: str) -> jax.Array:
+  """Per-sample mean squared error [b] of the model's velocity at x against target."""
+  if out.shape != x.shape:
+    raise ValueError(f'the velocity function returned shape {out.shape} for input shape '
+                     f'{x.shape}')
+  v = velocity_from_prediction(out, x, column.ratio, schedule, column.stage, prediction)
+  err = jnp.square(v - target)
+  return err.reshape(err.shape[0], -1).mean(axis=1)
+
+
+def _reduce(errors: Sequence[jax.Array], batch: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The mean over the batch of per-sample errors (official calculate_loss), and per stage."""
+  total = sum(e.sum() for e in errors)
+  return total / batch, {'loss_per_stage': jnp.stack([e.mean() for e in errors])}
+
+
 def pyramid_flow_loss(velocity_fn: VelocityFn, latents: jax.Array, cond: Any, rng: jax.Array,
                       schedule: PyramidSchedule, sample_ratios: Sequence[int],
                       prediction: str = 'velocity') -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -176,42 +237,14 @@ def pyramid_flow_loss(velocity_fn: VelocityFn, latents: jax.Array, cond: Any, rn
   prediction: what velocity_fn outputs ('velocity' or 'clean', see
   velocity_from_prediction); the loss is on the velocity either way.
   """
-  k = schedule.stages
-  check_resolution(latents.shape, k)
-  batch = latents.shape[0]
-  ratios = _check_sample_ratios(sample_ratios, k, batch)
-  num_columns = sum(ratios)
-  for leaf in jax.tree.leaves(cond):
-    if jnp.shape(leaf)[:1] != (batch,):
-      raise ValueError(f'every cond leaf needs leading batch dim {batch}, got shape '
-                       f'{jnp.shape(leaf)}')
-
-  latents = latents.astype(jnp.float32)
   noise_rng, time_rng = jax.random.split(rng)
-  noise = jax.random.normal(noise_rng, latents.shape, jnp.float32)
-  time_rngs = jax.random.split(time_rng, k)
-
-  total, per_stage = 0.0, []
-  first = 0
-  for stage, count in enumerate(ratios):
-    take = functools.partial(_columns, num_columns=num_columns, first=first, count=count)
-    first += count
-    start, end = stage_endpoints(downsample_pyramid(take(latents), k),
-                                 noise_pyramid(take(noise), k), schedule, stage)
-    idx = sample_timestep_indices(time_rngs[stage], start.shape[0], schedule.num_train_timesteps)
-    timesteps = jnp.asarray(schedule.stage_timesteps[stage])[idx]
-    r = jnp.asarray(schedule.stage_ratios[stage])[idx][:, None, None, None, None]
-    x = r * start + (1.0 - r) * end
-    out = velocity_fn(x, timesteps, jax.tree.map(take, cond))
-    if out.shape != x.shape:
-      raise ValueError(f'velocity_fn returned shape {out.shape} for input shape {x.shape}')
-    v = velocity_from_prediction(out, x, r, schedule, stage, prediction)
-    err = jnp.square(v - (start - end))
-    per_sample = err.reshape(err.shape[0], -1).mean(axis=1)
-    total = total + per_sample.sum()
-    per_stage.append(per_sample.mean())
-  # The mean over the batch of per-sample means, as official calculate_loss.
-  return total / batch, {'loss_per_stage': jnp.stack(per_stage)}
+  errors = []
+  for column in _stage_columns(latents, cond, noise_rng, time_rng, schedule, sample_ratios):
+    x = column.point()
+    out = velocity_fn(x, column.timesteps, jax.tree.map(column.take, cond))
+    errors.append(_column_error(out, x, column.start - column.end, column, schedule,
+                                prediction))
+  return _reduce(errors, latents.shape[0])
 
 
 # unit_velocity_fn(target [b, 1, h, w, C] (noisy), history [per plan level: b, W, h_l, w_l, C],
@@ -236,10 +269,8 @@ def temporal_pyramid_flow_loss(unit_velocity_fn: UnitVelocityFn, latents: jax.Ar
   corrupted per sample with s ~ U(0, corrupt_ratio) as h <- s * noise +
   (1 - s) * h (fresh noise), laid out by plans[k] (temporal.history_plan).
   """
-  k = schedule.stages
-  check_resolution(latents.shape, k)
   batch, frames = latents.shape[:2]
-  ratios = _check_sample_ratios(sample_ratios, k, batch)
+  k = schedule.stages
   if len(plans) != k or units.shape != (k,):
     raise ValueError(f'need one plan and one unit count per stage ({k}), got {len(plans)} '
                      f'plans and units of shape {units.shape}')
@@ -247,38 +278,21 @@ def temporal_pyramid_flow_loss(unit_velocity_fn: UnitVelocityFn, latents: jax.Ar
     if plan.max_history > frames - 1:
       raise ValueError(f'a plan for {plan.max_history} history frames needs clips of at least '
                        f'{plan.max_history + 1} latent frames, got {frames}')
-  num_columns = sum(ratios)
-  latents = latents.astype(jnp.float32)
   noise_rng, time_rng, corrupt_rng = jax.random.split(rng, 3)
-  noise = jax.random.normal(noise_rng, latents.shape, jnp.float32)
-  time_rngs = jax.random.split(time_rng, k)
   corrupt_rngs = jax.random.split(corrupt_rng, k)
-
-  total, per_stage, first = 0.0, [], 0
-  for stage, count in enumerate(ratios):
-    take = functools.partial(_columns, num_columns=num_columns, first=first, count=count)
-    first += count
-    levels = downsample_pyramid(take(latents), k)
-    start, end = stage_endpoints(levels, noise_pyramid(take(noise), k), schedule, stage)
-    b = start.shape[0]
-    idx = sample_timestep_indices(time_rngs[stage], b, schedule.num_train_timesteps)
-    timesteps = jnp.asarray(schedule.stage_timesteps[stage])[idx]
-    r = jnp.asarray(schedule.stage_ratios[stage])[idx][:, None, None, None, None]
+  errors = []
+  for column in _stage_columns(latents, cond, noise_rng, time_rng, schedule, sample_ratios):
+    stage = column.stage
     num_history = jnp.clip(units[stage] - 1, 0, frames - 1)
     frame = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=num_history,
                               slice_size=1, axis=1)
-    x = frame(r * start + (1.0 - r) * end)
-    target = frame(start - end)
+    x = frame(column.point())
     plan = plans[stage]
-    history = [levels[level][:, :plan.max_history] for level in plan.levels]
+    history = [column.levels[level][:, :plan.max_history] for level in plan.levels]
     if plan.max_history:
       history = temporal.corrupt_history(history, corrupt_rngs[stage], corrupt_ratio)[0]
-    out = unit_velocity_fn(x, history, num_history, plan, timesteps, jax.tree.map(take, cond))
-    if out.shape != x.shape:
-      raise ValueError(f'unit_velocity_fn returned shape {out.shape} for a target of {x.shape}')
-    v = velocity_from_prediction(out, x, r, schedule, stage, prediction)
-    err = jnp.square(v - target)
-    per_sample = err.reshape(b, -1).mean(axis=1)
-    total = total + per_sample.sum()
-    per_stage.append(per_sample.mean())
-  return total / batch, {'loss_per_stage': jnp.stack(per_stage)}
+    out = unit_velocity_fn(x, history, num_history, plan, column.timesteps,
+                           jax.tree.map(column.take, cond))
+    errors.append(_column_error(out, x, frame(column.start - column.end), column, schedule,
+                                prediction))
+  return _reduce(errors, batch)

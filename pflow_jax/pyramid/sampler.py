@@ -7,7 +7,7 @@ generated jointly (no temporal autoregression), channels-last [B, T, H, W, C].
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import math
 from typing import Any, Protocol
 
@@ -53,6 +53,47 @@ def stage_jump(x: jax.Array, rng: jax.Array, schedule: PyramidSchedule,
   return alpha * up + beta * block_noise(rng, up.shape, schedule.gamma)
 
 
+def _guided_cond(cond: Any, uncond: Any, guidance_scale: float) -> tuple[bool, Any]:
+  """(guided, the model's cond): with guidance the model runs on the batch [uncond; cond]."""
+  guided = uncond is not None and guidance_scale != 1.0
+  if not guided:
+    return False, cond
+  return True, jax.tree.map(lambda u, c: jnp.concatenate([u, c]), uncond, cond)
+
+
+def _stage_velocity(model_fn: Callable[[jax.Array, jax.Array], jax.Array], guided: bool,
+                    guidance_scale: float, schedule: PyramidSchedule, stage: int,
+                    prediction: str) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+  """velocity(x, t, r) on a stage from model_fn(x_in, timesteps): with guidance x_in is
+  [x; x] and the velocities combine as v_u + w (v_c - v_u)."""
+
+  def velocity(x: jax.Array, t: jax.Array, r: jax.Array) -> jax.Array:
+    x_in = jnp.concatenate([x, x]) if guided else x
+    out = model_fn(x_in, jnp.full((x_in.shape[0],), t, jnp.float32))
+    if out.shape != x_in.shape:
+      raise ValueError(f'the model returned shape {out.shape} for input shape {x_in.shape}')
+    v = flow.velocity_from_prediction(out, x_in, r, schedule, stage, prediction)
+    if guided:
+      v_uncond, v_cond = jnp.split(v, 2)
+      v = v_uncond + guidance_scale * (v_cond - v_uncond)
+    return v
+
+  return velocity
+
+
+def _euler_stage(velocity: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
+                 x: jax.Array, schedule: PyramidSchedule, stage: int, steps: int) -> jax.Array:
+  """x integrated over a stage's inference schedule in `steps` Euler steps (a fori_loop, so
+  compile time does not grow with the step count)."""
+  timesteps, ratios = inference_schedule(schedule, stage, steps)
+  timesteps, ratios = jnp.asarray(timesteps), jnp.asarray(ratios)
+
+  def euler(j, x):
+    return x + (ratios[j + 1] - ratios[j]) * velocity(x, timesteps[j], ratios[j])
+
+  return jax.lax.fori_loop(0, steps, euler, x)
+
+
 def sample(velocity_fn: flow.VelocityFn, cond: Any, uncond: Any, rng: jax.Array,
            schedule: PyramidSchedule, shape: tuple[int, ...], steps_per_stage: Sequence[int],
            guidance_scale: float, prediction: str = 'velocity',
@@ -63,43 +104,25 @@ def sample(velocity_fn: flow.VelocityFn, cond: Any, uncond: Any, rng: jax.Array,
   pyramid (as the official code does), so stage 0 starts from white noise at
   the lowest resolution. Guidance (when uncond is given and the Python float
   guidance_scale is not 1) runs velocity_fn once per step on the batch
-  [uncond; cond] and combines v_u + w (v_c - v_u). Steps inside a stage are a
-  fori_loop, so compile time does not grow with the step count. prediction:
-  what velocity_fn outputs (flow.velocity_from_prediction); guidance combines
-  the velocities. renoise: add the corrective noise at stage jumps (stage_jump).
+  [uncond; cond] and combines v_u + w (v_c - v_u). prediction: what
+  velocity_fn outputs (flow.velocity_from_prediction); guidance combines the
+  velocities. renoise: add the corrective noise at stage jumps (stage_jump).
   """
   k = schedule.stages
   flow.check_resolution(shape, k)
   steps = tuple(steps_per_stage)
   if len(steps) != k:
     raise ValueError(f'steps_per_stage {list(steps)} needs one entry per stage ({k})')
-  guided = uncond is not None and guidance_scale != 1.0
-  model_cond = jax.tree.map(lambda u, c: jnp.concatenate([u, c]), uncond, cond) if guided else cond
-
-  def velocity(x: jax.Array, t: jax.Array, r: jax.Array, stage: int) -> jax.Array:
-    x_in = jnp.concatenate([x, x]) if guided else x
-    out = velocity_fn(x_in, jnp.full((x_in.shape[0],), t, jnp.float32), model_cond)
-    if out.shape != x_in.shape:
-      raise ValueError(f'velocity_fn returned shape {out.shape} for input shape {x_in.shape}')
-    v = flow.velocity_from_prediction(out, x_in, r, schedule, stage, prediction)
-    if guided:
-      v_uncond, v_cond = jnp.split(v, 2)
-      v = v_uncond + guidance_scale * (v_cond - v_uncond)
-    return v
-
+  guided, model_cond = _guided_cond(cond, uncond, guidance_scale)
   noise_rng, jump_rng = jax.random.split(rng)
   x = flow.noise_pyramid(jax.random.normal(noise_rng, tuple(shape), jnp.float32), k)[0]
   jump_rngs = jax.random.split(jump_rng, max(k - 1, 1))
   for stage in range(k):
     if stage > 0:
       x = stage_jump(x, jump_rngs[stage - 1], schedule, stage, renoise)
-    timesteps, ratios = inference_schedule(schedule, stage, steps[stage])
-    timesteps, ratios = jnp.asarray(timesteps), jnp.asarray(ratios)
-
-    def euler(j, x, timesteps=timesteps, ratios=ratios, stage=stage):
-      return x + (ratios[j + 1] - ratios[j]) * velocity(x, timesteps[j], ratios[j], stage)
-
-    x = jax.lax.fori_loop(0, steps[stage], euler, x)
+    velocity = _stage_velocity(lambda x_in, t_in: velocity_fn(x_in, t_in, model_cond), guided,
+                               guidance_scale, schedule, stage, prediction)
+    x = _euler_stage(velocity, x, schedule, stage, steps[stage])
   return x
 
 
@@ -138,8 +161,7 @@ def sample_unit(model: UnitModel, cond: Any, uncond: Any, rng: jax.Array,
                      f'{len(plans)} plans')
   window = plans[0].max_history
   batch, _, h, w, c = frames.shape
-  guided = uncond is not None and guidance_scale != 1.0
-  model_cond = jax.tree.map(lambda u, x: jnp.concatenate([u, x]), uncond, cond) if guided else cond
+  guided, model_cond = _guided_cond(cond, uncond, guidance_scale)
   double = (lambda a: jnp.concatenate([a, a])) if guided else (lambda a: a)
 
   start = jnp.maximum(unit - window, 0)
@@ -156,28 +178,16 @@ def sample_unit(model: UnitModel, cond: Any, uncond: Any, rng: jax.Array,
     if stage > 0:
       x = stage_jump(x, jax.random.fold_in(jump_rng, stage), schedule, stage, renoise)
     history = [double(bank_levels[level]) for level in plan.levels] if window else []
+    cache = None
     if use_cache:
       cache = model.unit_history_cache((x.shape[0] * (2 if guided else 1),) + x.shape[1:],
                                        history, num_history, plan, model_cond)
 
-    def velocity(x, t, r, plan=plan, history=history, stage=stage):
-      x_in = double(x)
-      t_in = jnp.full((x_in.shape[0],), t, jnp.float32)
+    def model_fn(x_in, t_in, plan=plan, history=history, cache=cache):
       if use_cache:
-        out = model.unit_velocity_cached(x_in, cache, t_in, model_cond)
-      else:
-        out = model.unit_velocity(x_in, history, num_history, plan, t_in, model_cond)
-      v = flow.velocity_from_prediction(out, x_in, r, schedule, stage, prediction)
-      if guided:
-        v_uncond, v_cond = jnp.split(v, 2)
-        v = v_uncond + guidance_scale * (v_cond - v_uncond)
-      return v
+        return model.unit_velocity_cached(x_in, cache, t_in, model_cond)
+      return model.unit_velocity(x_in, history, num_history, plan, t_in, model_cond)
 
-    timesteps, ratios = inference_schedule(schedule, stage, steps[stage])
-    timesteps, ratios = jnp.asarray(timesteps), jnp.asarray(ratios)
-
-    def euler(j, x, timesteps=timesteps, ratios=ratios, velocity=velocity):
-      return x + (ratios[j + 1] - ratios[j]) * velocity(x, timesteps[j], ratios[j])
-
-    x = jax.lax.fori_loop(0, steps[stage], euler, x)
+    velocity = _stage_velocity(model_fn, guided, guidance_scale, schedule, stage, prediction)
+    x = _euler_stage(velocity, x, schedule, stage, steps[stage])
   return x

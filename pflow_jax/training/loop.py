@@ -273,7 +273,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       source, global_batch_size=config.data.global_batch_size, seed=config.seed,
       transform=datasets.train_transform(config), num_threads=config.data.num_threads)
 
-  tx = state_lib.make_optimizer(config.optim)
+  tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
   graphdef, abstract, shardings = state_lib.state_shardings(config, mesh, tx)
   ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   state = restore_or_init(ckpt, workdir, config, abstract, shardings,

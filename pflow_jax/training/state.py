@@ -25,19 +25,23 @@ class TrainState:
   ema_params: nnx.State
 
 
-def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW with linear warm-up and global-norm clipping.
+def make_optimizer(optim: ml_collections.ConfigDict,
+                   num_steps: int) -> optax.GradientTransformation:
+  """AdamW with linear warm-up and global-norm clipping, for a run of num_steps.
 
   Weight decay applies to matrices and kernels only: biases, norm scales and
   other parameters of fewer than 2 dimensions are exempt (official recipe).
-  After warm-up the rate stays constant (official recipe; `decay_steps=0`) or
-  follows a cosine to zero over `decay_steps` (short runs, e.g. the CPU VAE).
+  After warm-up the rate stays constant (official recipe; `decay_steps=0`),
+  follows a cosine to zero over `decay_steps` steps, or with `decay_steps=-1` a
+  cosine over the run's steps after warm-up, `num_steps - warmup_steps` (short
+  runs, e.g. the CPU VAE).
   """
-  if optim.decay_steps < 0:
-    raise ValueError(f'optim.decay_steps must be 0 (constant) or a step count, got '
-                     f'{optim.decay_steps}')
   warmup = max(optim.warmup_steps, 1)
-  after = (optax.cosine_decay_schedule(optim.lr, optim.decay_steps) if optim.decay_steps > 0
+  decay = max(num_steps - warmup, 1) if optim.decay_steps == -1 else optim.decay_steps
+  if decay < 0:
+    raise ValueError(f'optim.decay_steps must be 0 (constant), -1 (to zero at the last step) '
+                     f'or a step count, got {optim.decay_steps}')
+  after = (optax.cosine_decay_schedule(optim.lr, decay) if decay > 0
            else optax.constant_schedule(optim.lr))
   lr = optax.join_schedules([optax.linear_schedule(0.0, optim.lr, warmup), after], [warmup])
   return optax.chain(
@@ -61,6 +65,23 @@ def abstract_model(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx
   return graphdef, params
 
 
+def optimizer_shardings(tx: optax.GradientTransformation, params: Any, param_shardings: Any,
+                        mesh: Mesh) -> tuple[Any, Any]:
+  """(abstract optimizer state, its NamedShardings): moments follow their parameters,
+  scalars (step counts) are replicated."""
+  opt_abstract = jax.eval_shape(tx.init, params)
+  opt_sh = optax.tree_map_params(
+      tx, lambda _, sharding: sharding, opt_abstract, param_shardings,
+      transform_non_params=lambda _: NamedSharding(mesh, P()),
+      is_leaf=lambda x: isinstance(x, NamedSharding))
+  return opt_abstract, opt_sh
+
+
+def ema_update(ema: Any, params: Any, decay: float) -> Any:
+  """The exponential moving average of the parameters after one step, in their dtype."""
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
 def state_shardings(config: ml_collections.ConfigDict, mesh: Mesh,
                     tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState, TrainState]:
   """(graphdef, abstract TrainState, TrainState of NamedShardings) for `mesh`.
@@ -72,11 +93,7 @@ def state_shardings(config: ml_collections.ConfigDict, mesh: Mesh,
   graphdef, params = abstract_model(config)
   param_sh = rules.state_shardings(params, mesh, config.rules)
   replicated = NamedSharding(mesh, P())
-  opt_abstract = jax.eval_shape(tx.init, params)
-  opt_sh = optax.tree_map_params(
-      tx, lambda _, sharding: sharding, opt_abstract, param_sh,
-      transform_non_params=lambda _: replicated,
-      is_leaf=lambda x: isinstance(x, NamedSharding))
+  opt_abstract, opt_sh = optimizer_shardings(tx, params, param_sh, mesh)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
                         opt_state=opt_abstract, ema_params=params)
   shardings = TrainState(step=replicated, params=param_sh, opt_state=opt_sh,

@@ -18,6 +18,7 @@ from pflow_jax.data import pipeline
 from pflow_jax.models.latent_codec import LatentCodec
 from pflow_jax.parallel import rules
 from pflow_jax.pyramid import flow, schedule as schedule_lib, temporal
+from pflow_jax.training import state as state_lib
 from pflow_jax.training.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -94,8 +95,7 @@ def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
                                                                    codec, units)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
-                       state.ema_params, params)
+    ema = state_lib.ema_update(state.ema_params, params, ema_decay)
     metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
     for k, stage_loss in enumerate(aux['loss_per_stage']):
       metrics[f'loss_stage{k}'] = stage_loss

@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pflow_jax import checkpoint, config as config_lib
 from pflow_jax.data import datasets, pipeline
-from pflow_jax.models import vae_load
+from pflow_jax.models import vae as vae_lib, vae_load
 from pflow_jax.parallel import mesh as mesh_lib
 from pflow_jax.training import loop, step as step_lib, vae_step
 
@@ -32,11 +32,6 @@ from pflow_jax.training import loop, step as step_lib, vae_step
 def _video_only(record: dict[str, Any]) -> dict[str, np.ndarray]:
   return {'video': np.asarray(record['video'])}
 
-
-
-def _mean_variance(count, total, squares):
-  mean = total / count
-  return mean, np.maximum(squares / count - np.square(mean), 0.0)
 
 
 def evaluate(reconstruct, params, source, num_examples: int,
@@ -66,8 +61,8 @@ def evaluate(reconstruct, params, source, num_examples: int,
     channels = channels + np.asarray(cm, np.float64)
     if first is None:
       first = (video, np.asarray(jax.device_get(x_hat)))
-  count, total, squares, noise = channels
-  _, signal_variance = _mean_variance(count, total, squares)
+  _, signal_variance = vae_lib.mean_variance(channels[:3])
+  count, noise = channels[0], channels[3]
   psnrs = np.concatenate(psnrs)
   metrics = {'eval_psnr': float(psnrs.mean()),
              # Clips differ by several dB, so the mean's sampling error matters.
@@ -78,18 +73,16 @@ def evaluate(reconstruct, params, source, num_examples: int,
              'eval_informative_channels': int((signal_variance > noise / count).sum())}
   for t, value in enumerate(np.concatenate(frame_psnrs).mean(axis=0)):
     metrics[f'eval_psnr_frame{t}'] = float(value)
-  for name, (count, total, squares) in zip(('first_frame', 'video'), moments):
-    if count:
-      mean, variance = _mean_variance(count, total, squares)
-      metrics[f'{name}_mean'] = float(mean)
-      metrics[f'{name}_std'] = float(np.sqrt(max(variance, 1e-12)))
+  for name, (mean, std) in vae_lib.latent_group_stats(moments).items():
+    metrics[f'{name}_mean'] = mean
+    metrics[f'{name}_std'] = max(std, 1e-6)
   return metrics, first[0], first[1]
 
 
 def write_latent_stats(workdir: str, step: int, metrics: Mapping[str, float]) -> None:
   """Saves the latent normalisation measured at `step` (used by `load_vae`)."""
   stats = {'step': step}
-  for name in ('first_frame', 'video'):
+  for name in vae_lib.LATENT_GROUPS:
     if f'{name}_mean' in metrics:
       stats[f'{name}_shift'] = metrics[f'{name}_mean']
       stats[f'{name}_scale'] = 1.0 / metrics[f'{name}_std']

@@ -72,12 +72,7 @@ def state_shardings(config: ml_collections.ConfigDict, mesh: Mesh,
 
   def part(params, optimizer):
     sh = rules.state_shardings(params, mesh, config.rules)
-    opt_abstract = jax.eval_shape(optimizer.init, params)
-    opt_sh = optax.tree_map_params(
-        optimizer, lambda _, s: s, opt_abstract, sh,
-        transform_non_params=lambda _: replicated,
-        is_leaf=lambda x: isinstance(x, NamedSharding))
-    return sh, opt_abstract, opt_sh
+    return sh, *state_lib.optimizer_shardings(optimizer, params, sh, mesh)
 
   vae_sh, opt_abstract, opt_sh = part(vae_params, tx)
   disc_sh, disc_opt_abstract, disc_opt_sh = part(disc_params, disc_tx)
@@ -104,16 +99,12 @@ def init_state(config: ml_collections.ConfigDict, mesh: Mesh,
 
 
 def make_optimizers(config: ml_collections.ConfigDict):
-  """(VAE optimizer, discriminator optimizer): AdamW with warm-up and clipping (official).
-
-  optim.decay_steps -1 is the run length, train.num_steps.
-  """
-  optim = config.optim.copy_and_resolve_references()
-  if optim.decay_steps == -1:
-    optim.decay_steps = config.train.num_steps
-  disc_optim = optim.copy_and_resolve_references()
+  """(VAE optimizer, discriminator optimizer): AdamW with warm-up and clipping (official)."""
+  disc_optim = config.optim.copy_and_resolve_references()
   disc_optim.lr = config.loss.disc_lr
-  return state_lib.make_optimizer(optim), state_lib.make_optimizer(disc_optim)
+  num_steps = config.train.num_steps
+  return (state_lib.make_optimizer(config.optim, num_steps),
+          state_lib.make_optimizer(disc_optim, num_steps))
 
 
 def video_batch(batch: Batch) -> jax.Array:
@@ -245,8 +236,7 @@ def make_train_step(config: ml_collections.ConfigDict, vae_gd: nnx.GraphDef,
           state.params, state.disc_params, x, rng, adversarial)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
-                       state.ema_params, params)
+    ema = state_lib.ema_update(state.ema_params, params, ema_decay)
     disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
     if adversarial:
       def disc_loss(dp):
@@ -265,26 +255,12 @@ def make_train_step(config: ml_collections.ConfigDict, vae_gd: nnx.GraphDef,
   return train_step
 
 
-def _moments(x: jax.Array, axis: tuple[int, ...]) -> jax.Array:
-  """float32 [3, ...]: (count, sum, sum of squares) of x over `axis`."""
-  x = x.astype(jnp.float32)
-  total = x.sum(axis=axis)
-  count = jnp.full_like(total, x.size // total.size)
-  return jnp.stack([count, total, jnp.square(x).sum(axis=axis)])
-
-
-def latent_moments(z: jax.Array) -> jax.Array:
-  """float32 [2, 3]: (count, sum, sum of squares) of the first latent frame and of the rest."""
-  every_axis = tuple(range(z.ndim))
-  return jnp.stack([_moments(z[:, :1], every_axis), _moments(z[:, 1:], every_axis)])
-
-
 def channel_moments(z: jax.Array, noise_variance: jax.Array) -> jax.Array:
   """float32 [4, C]: per latent channel, over clips, frames and pixels, (count, sum, sum of
   squares) of the posterior mean z and the sum of the posterior variance noise_variance."""
   axes = tuple(range(z.ndim - 1))
   noise = noise_variance.astype(jnp.float32).sum(axis=axes)
-  return jnp.concatenate([_moments(z, axes), noise[None]])
+  return jnp.concatenate([vae_lib.moments(z, axes), noise[None]])
 
 
 def make_reconstruct_fn(config: ml_collections.ConfigDict, vae_gd: nnx.GraphDef):
@@ -302,7 +278,8 @@ def make_reconstruct_fn(config: ml_collections.ConfigDict, vae_gd: nnx.GraphDef)
       posterior = vae.encode(x)
       z = posterior.mode()
       x_hat = vae.decode(z)
-    return (x_hat, psnr(x, x_hat), frame_psnr(x, x_hat), frame_ssim(x, x_hat), latent_moments(z),
+    return (x_hat, psnr(x, x_hat), frame_psnr(x, x_hat), frame_ssim(x, x_hat),
+            vae_lib.latent_moments(z),
             channel_moments(z, jnp.exp(posterior.logvar)))
 
   return reconstruct

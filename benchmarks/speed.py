@@ -1,7 +1,7 @@
 r"""Benchmarks, each printing a table and writing JSON.
 
-  python -m pflow_jax.bench --config=configs/moving_digits.py [--out=bench_results/pyramid.json]
-  python -m pflow_jax.bench --mode=temporal --config=configs/moving_digits.py:ar \
+  python -m benchmarks.speed --config=configs/moving_digits.py [--out=bench_results/pyramid.json]
+  python -m benchmarks.speed --mode=temporal --config=configs/moving_digits.py:ar \
       [--units=1,4,8,15] [--out=bench_results/temporal.json]
 
 --mode=pyramid: for the same DiT, the training-step time (median of --steps
@@ -85,7 +85,7 @@ def variant(config, stages: int):
 def bench_variant(config, steps: int, sample_repeats: int, num_samples: int) -> dict:
   mesh = mesh_lib.make_mesh(dict(config.mesh))
   codec = latent_codec.make_codec(config.latent)
-  tx = state_lib.make_optimizer(config.optim)
+  tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
   graphdef, _, shardings = state_lib.state_shardings(config, mesh, tx)
   state = state_lib.init_state(config, mesh, tx, shardings)
   batch = synthetic_batch(config, np.random.default_rng(0))
