@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # TPU pod slice: the same command on every worker; JAX finds its peers itself.
-#   bash launch/tpu_pod.sh my-tpu us-central2-b configs/moving_digits.py /mnt/shared/runs/digits [--config.x=y]
-# The workdir must be a directory every worker sees (e.g. a shared mount); install the
-# repo and `pip install -r requirements.txt "jax[tpu]"` on the workers first.
+#   bash launch/tpu_pod.sh my-tpu us-central2-b configs/moving_digits.py gs://bucket/runs/digits [--config.x=y]
+# The workdir must be one every worker sees: a bucket (gs://) or a shared mount. Install
+# the repo and `pip install -r requirements.txt "jax[tpu]" gcsfs google-cloud-storage` on
+# the workers first (the last two for a gs:// workdir).
 # Overrides are shell-quoted for the remote shell, so tuples such as
 # --config.model.rope_axes_dim='(16,24,24)' arrive intact.
 # DRY_RUN=1 prints the command (shell-quoted) instead of running it.

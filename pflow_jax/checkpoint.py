@@ -11,12 +11,13 @@ silently start again from scratch.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from pflow_jax import storage
 
 
 class CheckpointError(RuntimeError):
@@ -48,7 +49,7 @@ class Checkpointer:
                compress: bool = True):
     """compress=False writes the arrays uncompressed: orbax then needs no second copy of
     the state in host memory while it writes (the converter's 2B-parameter saves)."""
-    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    self.directory = storage.path(workdir) / 'checkpoints'
     self._manager = ocp.CheckpointManager(
         self.directory,
         item_names=('state', 'data', 'config'),
@@ -78,7 +79,7 @@ class Checkpointer:
     checkpoint may come from another mesh. Any missing or extra key, or a shape
     mismatch, raises CheckpointError naming the step directory.
     """
-    path = os.path.join(self.directory, str(step))
+    path = self.directory / str(step)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=_pytree_restore(target),
@@ -95,7 +96,7 @@ class Checkpointer:
   def restore_subtree(self, step: int, target: dict) -> dict:
     """Restores only the top-level state fields in `target` (e.g. {'ema_params': ...}),
     reading nothing else: sampling needs no optimizer state."""
-    path = os.path.join(self.directory, str(step))
+    path = self.directory / str(step)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=_pytree_restore(target, partial=True)))
@@ -107,7 +108,7 @@ class Checkpointer:
 
   def restore_config(self, step: int) -> dict:
     """The config saved with checkpoint `step` (JSON, as config.json)."""
-    path = os.path.join(self.directory, str(step))
+    path = self.directory / str(step)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           config=ocp.args.JsonRestore()))
@@ -124,7 +125,7 @@ class Checkpointer:
     self._manager.close()
 
 
-def _check_same_structure(target: Any, restored: Any, path: str) -> None:
+def _check_same_structure(target: Any, restored: Any, path: Any) -> None:
   want = jax.tree.structure(target)
   got = jax.tree.structure(restored)
   if want != got:
@@ -164,7 +165,7 @@ def load_workdir_config(workdir: str, step: int | None = None) -> ml_collections
   training started.
   """
   saved = None
-  if os.path.isdir(os.path.join(workdir, 'checkpoints')):
+  if (storage.path(workdir) / 'checkpoints').is_dir():
     ckpt = Checkpointer(workdir)
     try:
       step = ckpt.latest_step() if step is None else step
@@ -173,11 +174,10 @@ def load_workdir_config(workdir: str, step: int | None = None) -> ml_collections
     finally:
       ckpt.close()
   if saved is None:
-    path = os.path.join(workdir, 'config.json')
-    if not os.path.exists(path):
+    path = storage.path(workdir) / 'config.json'
+    if not path.exists():
       raise FileNotFoundError(f'{path} not found: is {workdir} a training workdir?')
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(path.read_text())
   config = ml_collections.ConfigDict(saved)
   # JSON turns the rules' tuples into lists; rules tables are tuples of pairs.
   config.rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
@@ -185,9 +185,30 @@ def load_workdir_config(workdir: str, step: int | None = None) -> ml_collections
   return config
 
 
+def config_json(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def write_config_json(workdir: str, config: dict) -> None:
+  """Writes workdir/config.json on process 0 (temp file + rename), keeping another run's.
+
+  An identical config.json (a fresh run restarted before its first
+  checkpoint) is left as it is.
+  """
+  path = storage.path(workdir) / 'config.json'
+  if path.exists():
+    if json.loads(path.read_text()) == config:
+      return
+    raise FileExistsError(f'{path} holds the config of another run and {workdir} has no '
+                          'checkpoint to resume: use a new --workdir, or delete config.json '
+                          'to start this config there')
+  if jax.process_index() == 0:
+    storage.write_text_atomic(path, json.dumps(config, indent=2))
+
+
 def checkpoint_steps(workdir: str) -> list[int]:
   """Committed checkpoint steps of a workdir (orbax's step folders), read without orbax."""
-  directory = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(directory):
+  directory = storage.path(workdir) / 'checkpoints'
+  if not directory.is_dir():
     return []
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+  return sorted(int(d.name) for d in directory.iterdir() if d.name.isdigit())

@@ -32,9 +32,9 @@ from flax import nnx
 from ml_collections import config_flags
 from safetensors import safe_open
 
-from pflow_jax import checkpoint, cli, config as config_lib
+from pflow_jax import checkpoint, cli, config as config_lib, storage
 from pflow_jax.models import dit as dit_lib, official
-from pflow_jax.training import loop, state as state_lib, vae_step
+from pflow_jax.training import state as state_lib, vae_step
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'The model\'s config (DiT or VAE).',
                                           lock_config=True)
@@ -102,15 +102,15 @@ def vae_ema_params(config: ml_collections.ConfigDict, folder: str) -> nnx.State:
 
 def write_workdir(workdir: str, config: ml_collections.ConfigDict, ema_params: nnx.State) -> None:
   """config.json and checkpoint 0 with the EMA weights; refuses an existing workdir."""
-  if os.path.exists(os.path.join(workdir, 'config.json')) or checkpoint.checkpoint_steps(workdir):
+  if (storage.path(workdir) / 'config.json').exists() or checkpoint.checkpoint_steps(workdir):
     raise FileExistsError(f'{workdir} already holds a run; convert into a new --workdir')
-  os.makedirs(workdir, exist_ok=True)
+  storage.path(workdir).mkdir(parents=True, exist_ok=True)
   ckpt = checkpoint.Checkpointer(workdir, async_save=False, compress=False)
   try:
-    ckpt.save(0, {'step': np.int32(0), 'ema_params': ema_params}, {}, loop.config_json(config))
+    ckpt.save(0, {'step': np.int32(0), 'ema_params': ema_params}, {}, checkpoint.config_json(config))
   finally:
     ckpt.close()
-  loop.write_config_json(workdir, loop.config_json(config))
+  checkpoint.write_config_json(workdir, checkpoint.config_json(config))
 
 
 def main(argv):

@@ -46,7 +46,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from pflow_jax import checkpoint, cli, config as config_lib, inference, restore
+from pflow_jax import checkpoint, cli, config as config_lib, inference, restore, storage
 from pflow_jax.data import datasets, pipeline, video_io
 from pflow_jax.eval import conditioning
 from pflow_jax.eval import digits as digits_lib
@@ -229,13 +229,6 @@ def _labels(captions, scores) -> list[str]:
           for c, p, m in zip(captions, scores['prompt_correct'], scores['motion_correct'])]
 
 
-def _write_json(path: str, report: dict) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(report, f, indent=1)
-  os.replace(tmp, path)
-
-
 def read_video_folder(directory: str, frame_shape: tuple[int, ...]) -> tuple[np.ndarray, list]:
   """(uint8 videos [N, T, H, W, 1], captions) of DIR/captions.jsonl; every bad file in one error."""
   index = os.path.join(directory, 'captions.jsonl')
@@ -311,7 +304,7 @@ def main(argv):
   if _VIDEOS.value:
     videos, captions = read_video_folder(_VIDEOS.value, config_lib.image_hw(config.data))
     report, scores = evaluate(config, videos, captions, scorer, with_fvd=with_fvd)
-    out = os.path.join(_VIDEOS.value, 'eval')
+    out = storage.path(_VIDEOS.value) / 'eval'
   else:
     test, _, _, captions = _split_arrays(config, 'test')
     if n > len(test):
@@ -325,13 +318,12 @@ def main(argv):
     report.update(step=step, task=_TASK.value, seed=_SEED.value,
                   sample=config.sample.to_dict(), compute=reports.compute_of(config, step),
                   conditioning=caption_ablation(config, graphdef, params, test[:n], captions))
-    os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
-    out = os.path.join(workdir, 'eval', reports.report_name(
+    out = storage.path(workdir) / 'eval' / reports.report_name(
         step, _TASK.value, _NUM_FRAMES.value, _STEPS.value and config.sample.steps_per_stage,
-        _GUIDANCE.value, _RENOISE.value, _SEED.value))
-  grid_lib.write_scored_grid(out + '.png', videos[:GRID_ROWS],
-                             _labels(captions[:GRID_ROWS], scores))
-  _write_json(out + '.json', report)
+        _GUIDANCE.value, _RENOISE.value, _SEED.value)
+  with storage.local_file(out.parent / f'{out.name}.png') as grid:
+    grid_lib.write_scored_grid(grid, videos[:GRID_ROWS], _labels(captions[:GRID_ROWS], scores))
+  storage.write_text_atomic(out.parent / f'{out.name}.json', json.dumps(report, indent=1))
   for name, row in report['rows'].items():
     print(f'{name:16s} ' + '  '.join(f'{k} {v:.3f}' if isinstance(v, float) else f'{k} {v}'
                                      for k, v in row.items() if k != 'note'))

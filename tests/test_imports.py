@@ -14,8 +14,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'pflow_jax'
 # Lowest first; a module may import its own layer or a lower one. Entries are
 # module names or package prefixes (a package's modules share its layer).
 LAYERS = (
-    ('pflow_jax', 'pflow_jax.config', 'pflow_jax.checkpoint', 'pflow_jax.logs', 'pflow_jax.cli',
-     'pflow_jax.distributed', 'pflow_jax.parallel'),
+    ('pflow_jax', 'pflow_jax.config', 'pflow_jax.storage', 'pflow_jax.checkpoint',
+     'pflow_jax.logs', 'pflow_jax.cli', 'pflow_jax.distributed', 'pflow_jax.parallel'),
     ('pflow_jax.pyramid',),
     ('pflow_jax.models',),
     ('pflow_jax.data',),

@@ -17,7 +17,7 @@ from pflow_jax.data import datasets, text_embeddings
 from pflow_jax.data.synthetic import synthetic_batch
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
-from pflow_jax.training import loop, state as state_lib, step as step_lib
+from pflow_jax.training import state as state_lib, step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,7 +61,7 @@ def test_train_on_embeddings_then_sample_from_a_file(tmp_path, variants):
   assert all(np.isfinite(losses)) and losses[0] > 0.1
   workdir = tmp_path / 'run'
   ckpt = checkpoint.Checkpointer(str(workdir), async_save=False)
-  ckpt.save(3, state, {}, loop.config_json(config))
+  ckpt.save(3, state, {}, checkpoint.config_json(config))
   ckpt.close()
 
   embeddings = tmp_path / 'emb.npz'

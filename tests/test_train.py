@@ -229,10 +229,10 @@ def test_weight_decay_spares_biases_and_norm_scales():
 
 def test_a_fresh_run_keeps_another_runs_config_json(tmp_path):
   import json
-  loop.write_config_json(str(tmp_path), {'seed': 1})
-  loop.write_config_json(str(tmp_path), {'seed': 1})          # the same run restarting: fine
+  checkpoint.write_config_json(str(tmp_path), {'seed': 1})
+  checkpoint.write_config_json(str(tmp_path), {'seed': 1})          # the same run restarting: fine
   with pytest.raises(FileExistsError, match='another run'):
-    loop.write_config_json(str(tmp_path), {'seed': 2})
+    checkpoint.write_config_json(str(tmp_path), {'seed': 2})
   assert json.loads((tmp_path / 'config.json').read_text()) == {'seed': 1}
   assert sorted(p.name for p in tmp_path.iterdir()) == ['config.json']   # no temp file left
 

@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from pflow_jax import checkpoint, config as config_lib
+from pflow_jax import checkpoint, config as config_lib, storage
 from pflow_jax.data import datasets, latent_dataset, pipeline
 from pflow_jax.models import latent_codec, vae as vae_lib
 from pflow_jax.parallel import mesh as mesh_lib
@@ -59,7 +59,7 @@ def encode_dataset(config: ml_collections.ConfigDict, out: str, splits: list[str
   latent_shape = (t, h, w, codec.latent_channels)
   vae_steps = checkpoint.checkpoint_steps(config.latent.vae_workdir)
   latent_dataset.claim(out, {
-      'vae_workdir': os.path.abspath(config.latent.vae_workdir),
+      'vae_workdir': str(storage.path(config.latent.vae_workdir)),
       'vae_step': vae_steps[-1] if vae_steps else None,  # make_codec loads the latest
       'vae_normalisation': latent_codec.normalisation(codec),
       'latent_shape': latent_shape, 'part_size': part_size,
@@ -97,7 +97,7 @@ def encode_dataset(config: ml_collections.ConfigDict, out: str, splits: list[str
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices('pflow_jax:encode')
   info = {
-      'vae_workdir': os.path.abspath(config.latent.vae_workdir),
+      'vae_workdir': str(storage.path(config.latent.vae_workdir)),
       'vae_normalisation': latent_codec.normalisation(codec),
       'latent_shape': list(latent_shape),
       'splits': lengths,

@@ -8,49 +8,47 @@ command line. Error bars and spreads are standard deviations over seeds (ddof=1)
 from __future__ import annotations
 
 import collections
-import glob
 import json
 import os
 
 import numpy as np
 
+from pflow_jax import storage
+
 METRICS = ('prompt_accuracy', 'motion_accuracy', 'temporal_consistency', 'frechet_distance')
 COMPUTE = ('train_flops', 'sample_flops_per_clip', 'train_seconds')
 
 
-def training_seconds(run_dir: str, step: int) -> float:
+def training_seconds(run_dir: str | os.PathLike, step: int) -> float:
   """Wall time of training to `step` (compilation included, sampling excluded), from the
   steps/s of each logged window in metrics.jsonl (a step inside a window counts its share)."""
   seconds, last = 0.0, 0
-  with open(os.path.join(run_dir, 'metrics.jsonl')) as f:
-    for line in f:
-      record = json.loads(line)
-      if 'steps_per_sec' not in record:
-        continue
-      end = min(record['step'], step)
-      seconds += (end - last) / record['steps_per_sec']
-      last = end
-      if last == step:
-        return seconds
+  for line in (storage.path(run_dir) / 'metrics.jsonl').read_text().splitlines():
+    record = json.loads(line)
+    if 'steps_per_sec' not in record:
+      continue
+    end = min(record['step'], step)
+    seconds += (end - last) / record['steps_per_sec']
+    last = end
+    if last == step:
+      return seconds
   raise ValueError(f'{run_dir}/metrics.jsonl ends before step {step}')
 
 
 def load_reports(workdir: str) -> list[dict]:
   """One record per evaluation report of every run under workdir."""
   records = []
-  for config_path in sorted(glob.glob(os.path.join(workdir, '*', 'config.json'))):
-    run_dir = os.path.dirname(config_path)
-    with open(config_path) as f:
-      config = json.load(f)
-    for path in sorted(glob.glob(os.path.join(run_dir, 'eval', '*.json'))):
-      with open(path) as f:
-        report = json.load(f)
+  for config_path in sorted(storage.path(workdir).glob('*/config.json')):
+    run_dir = config_path.parent
+    config = json.loads(config_path.read_text())
+    for path in sorted((run_dir / 'eval').glob('*.json')):
+      report = json.loads(path.read_text())
       if 'compute' not in report:
         raise ValueError(f'{path} predates the compute field: rerun its evaluation')
       sample = report['sample']
       generated = report['rows']['generated']
       records.append({
-          'run': os.path.basename(run_dir), 'seed': config['seed'],
+          'run': run_dir.name, 'seed': config['seed'],
           'stages': config['pyramid']['stages'], 'step': report['step'],
           'task': report['task'], 'steps_per_stage': tuple(sample['steps_per_stage']),
           'guidance_scale': sample['guidance_scale'], 'renoise': sample.get('renoise', True),

@@ -9,14 +9,13 @@ from collections.abc import Mapping
 import dataclasses
 import json
 import logging
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pflow_jax import checkpoint
+from pflow_jax import checkpoint, storage
 from pflow_jax.models import vae as vae_lib
 from pflow_jax.parallel import mesh as mesh_lib, rules
 
@@ -43,10 +42,9 @@ def load_vae(workdir: str, step: int | None = None):
   except FileNotFoundError as e:
     raise FileNotFoundError(f'{e}; train a VAE with `python -m pflow_jax.train_vae '
                             f'--workdir={workdir} ...`') from None
-  stats_path = os.path.join(workdir, STATS_FILE)
-  if os.path.exists(stats_path):  # measured on held-out clips by the VAE's trainer
-    with open(stats_path) as f:
-      stats = json.load(f)
+  stats_path = storage.path(workdir) / STATS_FILE
+  if stats_path.exists():  # measured on held-out clips by the VAE's trainer
+    stats = json.loads(stats_path.read_text())
     vae_config = dataclasses.replace(
         vae_config, first_frame_shift=stats['first_frame_shift'],
         first_frame_scale=stats['first_frame_scale'],

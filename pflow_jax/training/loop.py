@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-import json
 import logging
-import os
 import signal
 import time
 from typing import Any
@@ -18,7 +16,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from pflow_jax import checkpoint, config as config_lib
+from pflow_jax import checkpoint, config as config_lib, storage
 from pflow_jax.data import datasets, latent_dataset, pipeline, video_io
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
@@ -48,32 +46,6 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
-def config_json(config: ml_collections.ConfigDict) -> dict:
-  return json.loads(config.to_json_best_effort())
-
-
-def write_config_json(workdir: str, config: dict) -> None:
-  """Writes workdir/config.json on process 0 (temp file + rename), keeping another run's.
-
-  An identical config.json (a fresh run restarted before its first
-  checkpoint) is left as it is.
-  """
-  path = os.path.join(workdir, 'config.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      existing = json.load(f)
-    if existing == config:
-      return
-    raise FileExistsError(f'{path} holds the config of another run and {workdir} has no '
-                          'checkpoint to resume: use a new --workdir, or delete config.json '
-                          'to start this config there')
-  if jax.process_index() == 0:
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as f:
-      json.dump(config, f, indent=2)
-    os.replace(tmp, path)
-
-
 def _report_config_changes(saved: dict, current: dict) -> None:
   changed = {k for k in set(saved) | set(current) if saved.get(k) != current.get(k)}
   if changed:
@@ -83,15 +55,14 @@ def _report_config_changes(saved: dict, current: dict) -> None:
 
 def write_samples(workdir: str, step: int, videos: np.ndarray, fps: int) -> str:
   """Writes step_XXXXXXX.{mp4,gif,png} under workdir/samples; returns the PNG path."""
-  out = os.path.join(workdir, 'samples')
-  os.makedirs(out, exist_ok=True)
-  stem = os.path.join(out, f'step_{step:07d}')
-  grid = stem + '.png'
-  video_io.write_frame_grid(grid, videos)
+  stem = storage.path(workdir) / 'samples' / f'step_{step:07d}'
+  with storage.local_file(stem.with_suffix('.png')) as grid:
+    video_io.write_frame_grid(grid, videos)
   strip = np.concatenate(list(videos), axis=2)  # samples side by side
-  video_io.write_video(stem + '.mp4', strip, fps=fps)
-  video_io.write_video(stem + '.gif', strip, fps=fps)
-  return grid
+  for suffix in ('.mp4', '.gif'):
+    with storage.local_file(stem.with_suffix(suffix)) as name:
+      video_io.write_video(name, strip, fps=fps)
+  return str(stem.with_suffix('.png'))
 
 
 def restore_or_init(ckpt: checkpoint.Checkpointer, workdir: str, config: ml_collections.ConfigDict,
@@ -104,10 +75,10 @@ def restore_or_init(ckpt: checkpoint.Checkpointer, workdir: str, config: ml_coll
   A config.json of a different config in a workdir without checkpoints belongs
   to another run: FileExistsError, nothing is overwritten.
   """
-  current = config_json(config)
+  current = checkpoint.config_json(config)
   latest = ckpt.latest_step()
   if latest is None:
-    write_config_json(workdir, current)
+    checkpoint.write_config_json(workdir, current)
     state = init_fn()
     if config.train.init_from:
       state = _init_from(config.train.init_from, state, abstract, shardings)
@@ -226,7 +197,7 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, state:
             raise FloatingPointError(f'the state at step {done} holds NaN/Inf: not '
                                      f'checkpointed; the last checkpoint is step '
                                      f'{ckpt.latest_step()}')
-          ckpt.save(done, state, iterator.get_state(), config_json(config))
+          ckpt.save(done, state, iterator.get_state(), checkpoint.config_json(config))
         if done % train.sample_every == 0 or done == num_steps:
           evaluation = on_sample(state, done)
           if evaluation:
@@ -258,7 +229,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   inference.training_sampler, which lives above training/.
   """
   config_lib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
+  storage.path(workdir).mkdir(parents=True, exist_ok=True)
   mesh = mesh_lib.make_mesh(dict(config.mesh))
   logging.info('mesh %s over %d devices (%d processes)', dict(mesh.shape), mesh.size,
                jax.process_count())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +21,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from pflow_jax import checkpoint, config as config_lib
+from pflow_jax import checkpoint, config as config_lib, storage
 from pflow_jax.data import datasets, pipeline
 from pflow_jax.models import vae as vae_lib, vae_load
 from pflow_jax.parallel import mesh as mesh_lib
@@ -86,8 +85,8 @@ def write_latent_stats(workdir: str, step: int, metrics: Mapping[str, float]) ->
     if f'{name}_mean' in metrics:
       stats[f'{name}_shift'] = metrics[f'{name}_mean']
       stats[f'{name}_scale'] = 1.0 / metrics[f'{name}_std']
-  with open(os.path.join(workdir, vae_load.STATS_FILE), 'w') as f:
-    json.dump(stats, f, indent=2)
+  storage.write_text_atomic(storage.path(workdir) / vae_load.STATS_FILE,
+                            json.dumps(stats, indent=2))
 
 
 def step_variant(config: ml_collections.ConfigDict, step: int) -> tuple[bool, bool]:
@@ -102,7 +101,7 @@ def step_variant(config: ml_collections.ConfigDict, step: int) -> tuple[bool, bo
 def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the VAE in `workdir`; returns the last logged metrics."""
   config_lib.validate_vae(config)
-  os.makedirs(workdir, exist_ok=True)
+  storage.path(workdir).mkdir(parents=True, exist_ok=True)
   mesh = mesh_lib.make_mesh(dict(config.mesh))
   mesh_lib.check_global_batch(config.data.global_batch_size, mesh)
   iterator = pipeline.make_iterator(
