@@ -105,13 +105,16 @@ def test_restore_into_an_incompatible_config_raises(tmp_path):
   ckpt.close()
 
 
+@pytest.mark.parametrize('warmup', [10, 0])
 @pytest.mark.parametrize('decay_steps', [0, 50, -1])
-def test_learning_rate_schedule(decay_steps):
-  """Linear warm-up to lr, then constant (official) or a cosine to 0 over decay_steps (-1:
-  to 0 at the run's last step, 60 = 10 + 50 here): the AdamW update of a unit gradient is
-  -lr(t) * sign (b1 = b2 = 0, no decay, no clip)."""
-  optim = ml_collections.ConfigDict(dict(lr=0.1, warmup_steps=10, decay_steps=decay_steps, b1=0.0,
-                                         b2=0.0, eps=1e-12, weight_decay=0.0, clip_grad=1e9))
+def test_learning_rate_schedule(decay_steps, warmup):
+  """Linear warm-up to lr (none with warmup_steps 0: the first step at the full rate), then
+  constant (official) or a cosine to 0 over decay_steps (-1: to 0 at the run's last step,
+  60 - warmup here): the AdamW update of a unit gradient is -lr(t) * sign (b1 = b2 = 0, no
+  decay, no clip)."""
+  optim = ml_collections.ConfigDict(dict(lr=0.1, warmup_steps=warmup, decay_steps=decay_steps,
+                                         b1=0.0, b2=0.0, eps=1e-12, weight_decay=0.0,
+                                         clip_grad=1e9))
   tx = state_lib.make_optimizer(optim, num_steps=60)
   params = jnp.zeros(())
   opt_state = tx.init(params)
@@ -120,9 +123,10 @@ def test_learning_rate_schedule(decay_steps):
     update, opt_state = tx.update(jnp.ones(()), opt_state, params)
     rates.append(-float(update))
   t = np.arange(70)
-  after = t - 10
-  expected = np.where(t < 10, 0.1 * t / 10, 0.1 if decay_steps == 0 else
-                      0.05 * (1 + np.cos(np.pi * np.minimum(after, 50) / 50)))
+  after = t - warmup
+  length = 50 if decay_steps == 50 else 60 - warmup
+  expected = np.where(t < warmup, 0.1 * t / max(warmup, 1), 0.1 if decay_steps == 0 else
+                      0.05 * (1 + np.cos(np.pi * np.minimum(after, length) / length)))
   np.testing.assert_allclose(rates, expected, atol=1e-6)
 
 

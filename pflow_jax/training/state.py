@@ -36,14 +36,17 @@ def make_optimizer(optim: ml_collections.ConfigDict,
   cosine over the run's steps after warm-up, `num_steps - warmup_steps` (short
   runs, e.g. the CPU VAE).
   """
-  warmup = max(optim.warmup_steps, 1)
+  warmup = optim.warmup_steps
+  if warmup < 0:
+    raise ValueError(f'optim.warmup_steps must be >= 0, got {warmup}')
   decay = max(num_steps - warmup, 1) if optim.decay_steps == -1 else optim.decay_steps
   if decay < 0:
     raise ValueError(f'optim.decay_steps must be 0 (constant), -1 (to zero at the last step) '
                      f'or a step count, got {optim.decay_steps}')
   after = (optax.cosine_decay_schedule(optim.lr, decay) if decay > 0
            else optax.constant_schedule(optim.lr))
-  lr = optax.join_schedules([optax.linear_schedule(0.0, optim.lr, warmup), after], [warmup])
+  lr = (optax.join_schedules([optax.linear_schedule(0.0, optim.lr, warmup), after], [warmup])
+        if warmup > 0 else after)  # no warm-up: the first step at the full rate
   return optax.chain(
       optax.clip_by_global_norm(optim.clip_grad),
       optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps,
