@@ -56,3 +56,23 @@ def test_temporal_benchmark_reports_per_frame_cost_and_equal_cached_video(tmp_pa
   assert all(b - a == step for a, b in zip(full[1:], full[2:]))
   assert pyr[5] - pyr[1] < (full[5] - full[1]) / 2
   assert report['max_abs_diff_cached_vs_recomputed_fp32'] < 1e-4
+
+
+def test_aot_table_extrapolates_the_line_through_two_depths():
+  from benchmarks import aot_table
+  keys = ('argument', 'temp', 'output', 'alias', 'peak', 'xla_tflops', 'analytic_tflops')
+  one = {k: 1.0 + i for i, k in enumerate(keys)}
+  two = {k: 3.0 + 2 * i for i, k in enumerate(keys)}       # slope 2 + i per depth unit
+  full = aot_table.extrapolate(one, two, units=24)
+  assert full == pytest.approx({k: 1.0 + i + 23 * (2.0 + i) for i, k in enumerate(keys)})
+  assert aot_table.extrapolate(one, two, units=2) == pytest.approx(two)
+  with pytest.raises(ValueError, match='do not split'):
+    aot_table.Row('flux', '768p', 16, 6)
+
+
+def test_remat_cpu_probe_runs_and_scan_shows_the_saving():
+  stdout = run_module('benchmarks.remat_cpu', timeout=300)
+  rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in stdout.splitlines()
+          if line.split() and line.split()[0] in ('unrolled', 'scan')}
+  no_remat, remat = rows['scan']
+  assert remat < no_remat / 3, rows   # under scan, remat keeps only the block inputs
