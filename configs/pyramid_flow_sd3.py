@@ -12,7 +12,8 @@ embeddings of the captions (T5-XXL sequence 4096, CLIP-L+G pooled 2048;
 `python -m pflow_jax.convert` (README).
 Hyper-parameters follow the official scripts/train_pyramid_flow.sh: AdamW
 lr 5e-5, betas (0.9, 0.95), weight decay 1e-4, clip 1.0, 1000 warm-up steps,
-bf16 compute with fp32 masters, FSDP over all devices, rematerialised blocks.
+bf16 compute with fp32 masters, FSDP over all devices, rematerialised blocks run as
+one lax.scan (`model.scan_blocks`: one block compiled; the parameters keep their names).
 Latent frames: 16 at 384p (121 pixel frames), 31 at 768p (241).
 Official weights cannot be downloaded in this environment: these configs are
 validated, their parameter counts and key maps tested, and their steps compiled
@@ -39,7 +40,7 @@ def get_config(arg: str = '384p'):
   c.model.update(sample_size=128, pos_embed_max_size=192, patch_size=2, num_layers=24, num_attention_heads=24,
                  attention_head_dim=64, joint_attention_dim=4096,
                  caption_projection_dim=1536, pooled_projection_dim=2048,
-                 rope_axes_dim=(64,), remat='full')
+                 rope_axes_dim=(64,), remat='full', scan_blocks=True)
   c.text.update(encoder='precomputed', max_length=128)
   c.optim.update(lr=5e-5, warmup_steps=1000, b1=0.9, b2=0.95, weight_decay=1e-4,
                  clip_grad=1.0, ema_decay=0.9999)

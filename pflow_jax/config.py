@@ -124,6 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
       attention='xla',
       sequence_parallel='none',    # 'ulysses': all-to-all attention over mesh.sequence
       remat='none',                # 'none' | 'dots' | 'full' | 'offload' (models/dit.py)
+      scan_blocks=False,           # one lax.scan over identical blocks (models/dit.py)
       use_temporal_causal=True,
       history_conditioning='timestep',  # 'clean': cacheable history (see models/dit.py)
       family='sd3',                # 'sd3' (MM-DiT) | 'flux' (miniFLUX: + single-stream blocks)

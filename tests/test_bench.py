@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 
@@ -58,16 +59,18 @@ def test_temporal_benchmark_reports_per_frame_cost_and_equal_cached_video(tmp_pa
   assert report['max_abs_diff_cached_vs_recomputed_fp32'] < 1e-4
 
 
-def test_aot_table_extrapolates_the_line_through_two_depths():
+def test_aot_table_rows_split_their_devices_and_the_table_says_what_fits():
   from benchmarks import aot_table
-  keys = ('argument', 'temp', 'output', 'alias', 'peak', 'xla_tflops', 'analytic_tflops')
-  one = {k: 1.0 + i for i, k in enumerate(keys)}
-  two = {k: 3.0 + 2 * i for i, k in enumerate(keys)}       # slope 2 + i per depth unit
-  full = aot_table.extrapolate(one, two, units=24)
-  assert full == pytest.approx({k: 1.0 + i + 23 * (2.0 + i) for i, k in enumerate(keys)})
-  assert aot_table.extrapolate(one, two, units=2) == pytest.approx(two)
   with pytest.raises(ValueError, match='do not split'):
     aot_table.Row('flux', '768p', 16, 6)
+  row = aot_table.Row('sd3', '768p', 64, 8)
+  assert row.fsdp == 8
+  compiled = dict(argument=3.9, temp=70.0, output=3.9, alias=3.9, peak=73.9, xla_tflops=51.4,
+                  analytic_tflops=37.3)
+  with mock.patch.object(aot_table, 'compile_train', return_value=compiled):
+    measured = aot_table.measure(row, cache_path='unused')
+  assert measured['fits_80gb'] and measured['fsdp'] == 8
+  assert '| sd3 768p | 64 (8 x 8) | full | 3.9 / 70.0 / 73.9 | yes |' in aot_table.table([measured])
 
 
 def test_remat_cpu_probe_runs_and_scan_shows_the_saving():

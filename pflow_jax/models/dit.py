@@ -131,6 +131,11 @@ class DiTConfig:
     attention and the elementwise work; 'full' keeps only the block's input and
     recomputes the block; 'offload' keeps the projections' outputs in pinned
     host memory (GPU/TPU backends). True / False (older configs) mean 'full' / 'none'.
+  scan_blocks: run each stretch of identical blocks as one `lax.scan` over their
+    parameters, stacked inside the step (the stored parameters keep their
+    per-block names). One block is compiled instead of every block, and the
+    compiled memory shows what remat saves, which XLA's CPU compile of an
+    unrolled stack does not (benchmarks/remat_cpu.py). Same numbers either way.
   history_conditioning: how the temporal pyramid's history tokens (and the
     text stream) are modulated: 'timestep' (official: by the target's timestep
     embedding, like every token) or 'clean' (by the embedding of timestep 0,
@@ -160,6 +165,7 @@ class DiTConfig:
   attention: str = 'xla'
   sequence_parallel: str = 'none'
   remat: str = 'none'
+  scan_blocks: bool = False
   history_conditioning: str = 'timestep'
   family: str = 'sd3'
   num_single_layers: int = 0
@@ -714,9 +720,10 @@ class PyramidDiT(nnx.Module):
   def _blocks(self, x: Array, cond: Conditions, bounds: tuple[tuple[int, int, bool], ...],
               rope: Array | None, mask: Array | None) -> Array:
     run = self._checkpointed(_run_block, bounds)
-    context = cond.context
-    for block in self.transformer_blocks:
-      x, context = run(block, x, context, cond.temb, cond.context_temb, rope, mask)
+    x, context = self._run_stack(
+        lambda block, x, context: run(block, x, context, cond.temb, cond.context_temb, rope,
+                                      mask),
+        list(self.transformer_blocks), (x, cond.context))
     if not self.cfg.num_single_layers:
       return x
     # The text joins the video stream, modulated like the other context tokens.
@@ -724,9 +731,37 @@ class PyramidDiT(nnx.Module):
     joint = ((0, text, True),) + tuple((a + text, b + text, clean) for a, b, clean in bounds)
     run = self._checkpointed(_run_single_block, joint)
     x = jnp.concatenate([context.astype(x.dtype), x], axis=1)
-    for block in self.single_transformer_blocks:
-      x = run(block, x, cond.temb, cond.context_temb, rope, mask)
+    (x,) = self._run_stack(
+        lambda block, x: (run(block, x, cond.temb, cond.context_temb, rope, mask),),
+        list(self.single_transformer_blocks), (x,))
     return x[:, text:]
+
+  def _run_stack(self, step, blocks: list, carry: tuple) -> tuple:
+    """carry = step(block, *carry) for each block in turn: a Python loop, or with
+    cfg.scan_blocks one lax.scan per stretch of blocks of the same structure (SD3's
+    last block, which has no text output, stands alone)."""
+    if not self.cfg.scan_blocks:
+      for block in blocks:
+        carry = step(block, *carry)
+      return carry
+    graphdefs = [nnx.graphdef(block) for block in blocks]
+    start = 0
+    while start < len(blocks):
+      stop = start + 1
+      while stop < len(blocks) and graphdefs[stop] == graphdefs[start]:
+        stop += 1
+      if stop - start == 1:
+        carry = step(blocks[start], *carry)
+      else:
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves),
+                               *[nnx.state(block) for block in blocks[start:stop]])
+
+        def body(carry, state, graphdef=graphdefs[start]):
+          return step(nnx.merge(graphdef, state), *carry), None
+
+        carry, _ = jax.lax.scan(body, carry, stacked)
+      start = stop
+    return carry
 
   def _all_blocks(self) -> list:
     singles = list(self.single_transformer_blocks) if self.cfg.num_single_layers else []
