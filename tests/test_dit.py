@@ -325,7 +325,7 @@ def test_remat_policies_recompute_more_as_they_keep_less():
   assert abs((flops['full'] - flops['none']) / forward - 1) < 0.35, flops
 
 
-@pytest.mark.parametrize('family', ['sd3', 'flux'])
+@pytest.mark.parametrize('family', ['sd3', pytest.param('flux', marks=pytest.mark.slow)])
 def test_scanned_blocks_give_the_same_values_and_gradients(family):
   """scan_blocks stacks the parameters of each stretch of identical blocks inside the
   step; the stored parameters and the numbers are those of the block-by-block loop
@@ -345,6 +345,7 @@ def test_scanned_blocks_give_the_same_values_and_gradients(family):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g2)
 
 
+@pytest.mark.slow  # 20-40 s of compiling; benchmarks/remat_cpu.py shows the same in seconds
 def test_scanned_blocks_let_the_compile_show_what_remat_saves():
   """Unrolled, XLA's CPU compile keeps about as much for remat 'full' as for 'none'
   (benchmarks/remat_cpu.py); scanned, 'full' keeps only each block's input."""
