@@ -85,8 +85,9 @@ def encode_dataset(config: ml_collections.ConfigDict, out: str, splits: list[str
         video = np.stack([np.asarray(r['video']) for r in batch])
         pad = batch_size - len(batch)  # one compiled shape: pad the last batch
         video = np.concatenate([video, np.repeat(video[-1:], pad, axis=0)])
-        latents = np.asarray(jax.device_get(encode(codec, video)))[:len(batch)]
-        moments += np.asarray(vae_lib.latent_moments(latents), np.float64)
+        z = encode(codec, video)[:len(batch)]
+        moments += np.asarray(vae_lib.latent_moments(z), np.float64)  # on device, then fetched
+        latents = np.asarray(jax.device_get(z))
         records += [{'latents': z, 'caption': r['caption'], 'index': i}
                     for i, z, r in zip(range(start, start + len(batch)), latents, batch)]
         bar.update(len(batch))
