@@ -61,9 +61,9 @@ def _guided_cond(cond: Any, uncond: Any, guidance_scale: float) -> tuple[bool, A
   return True, jax.tree.map(lambda u, c: jnp.concatenate([u, c]), uncond, cond)
 
 
-def _stage_velocity(model_fn: Callable[[jax.Array, jax.Array], jax.Array], guided: bool,
-                    guidance_scale: float, schedule: PyramidSchedule, stage: int,
-                    prediction: str) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+def stage_velocity(model_fn: Callable[[jax.Array, jax.Array], jax.Array], guided: bool,
+                   guidance_scale: float, schedule: PyramidSchedule, stage: int,
+                   prediction: str) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
   """velocity(x, t, r) on a stage from model_fn(x_in, timesteps): with guidance x_in is
   [x; x] and the velocities combine as v_u + w (v_c - v_u)."""
 
@@ -81,8 +81,8 @@ def _stage_velocity(model_fn: Callable[[jax.Array, jax.Array], jax.Array], guide
   return velocity
 
 
-def _euler_stage(velocity: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
-                 x: jax.Array, schedule: PyramidSchedule, stage: int, steps: int) -> jax.Array:
+def euler_stage(velocity: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
+                x: jax.Array, schedule: PyramidSchedule, stage: int, steps: int) -> jax.Array:
   """x integrated over a stage's inference schedule in `steps` Euler steps (a fori_loop, so
   compile time does not grow with the step count)."""
   timesteps, ratios = inference_schedule(schedule, stage, steps)
@@ -120,9 +120,9 @@ def sample(velocity_fn: flow.VelocityFn, cond: Any, uncond: Any, rng: jax.Array,
   for stage in range(k):
     if stage > 0:
       x = stage_jump(x, jump_rngs[stage - 1], schedule, stage, renoise)
-    velocity = _stage_velocity(lambda x_in, t_in: velocity_fn(x_in, t_in, model_cond), guided,
+    velocity = stage_velocity(lambda x_in, t_in: velocity_fn(x_in, t_in, model_cond), guided,
                                guidance_scale, schedule, stage, prediction)
-    x = _euler_stage(velocity, x, schedule, stage, steps[stage])
+    x = euler_stage(velocity, x, schedule, stage, steps[stage])
   return x
 
 
@@ -188,6 +188,6 @@ def sample_unit(model: UnitModel, cond: Any, uncond: Any, rng: jax.Array,
         return model.unit_velocity_cached(x_in, cache, t_in, model_cond)
       return model.unit_velocity(x_in, history, num_history, plan, t_in, model_cond)
 
-    velocity = _stage_velocity(model_fn, guided, guidance_scale, schedule, stage, prediction)
-    x = _euler_stage(velocity, x, schedule, stage, steps[stage])
+    velocity = stage_velocity(model_fn, guided, guidance_scale, schedule, stage, prediction)
+    x = euler_stage(velocity, x, schedule, stage, steps[stage])
   return x
