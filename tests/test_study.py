@@ -20,13 +20,14 @@ def _sweep_module():
   return sweep
 
 
-def _fake_run(run_dir, stages, seed, steps, reports):
+def _fake_run(run_dir, stages, seed, steps, reports, temporal=None):
   """A trained run as the trainer and evaluate leave it; reports: (step, steps_per_stage,
   renoise, prompt acc., motion acc., Frechet)."""
   for step in steps:
     os.makedirs(os.path.join(run_dir, 'checkpoints', str(step)))
   with open(os.path.join(run_dir, 'config.json'), 'w') as f:
-    json.dump({'seed': seed, 'pyramid': {'stages': stages}}, f)
+    json.dump({'seed': seed, 'pyramid': {'stages': stages},
+               'temporal': temporal or {'autoregressive': False}}, f)
   with open(os.path.join(run_dir, 'metrics.jsonl'), 'w') as f:
     for step in range(10, steps[-1] + 1, 10):  # 10 steps at 2 steps/s: 5 s a window
       f.write(json.dumps({'step': step, 'loss': 1.0, 'steps_per_sec': 2.0}) + '\n')
@@ -142,10 +143,29 @@ def test_study_cli_writes_table_json_and_plots(tmp_path):
                           timeout=120)
   assert result.returncode == 0, result.stderr
   table = (tmp_path / 'docs' / 'study.md').read_text()
-  assert '| 1 | 100 | 60 | on | 3 |' in table and '| training <= 0.5x | 0.500 |' in table
+  assert '| 1 | - | 100 | 60 | on | 3 |' in table and '| training <= 0.5x | 0.500 |' in table
   assert json.loads((tmp_path / 'docs' / 'study.json').read_text())['claim']
   for suffix in ('_training.png', '_sampling.png'):
     assert (tmp_path / 'docs' / f'study{suffix}').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_study_separates_compressed_and_full_history(tmp_path):
+  """The temporal-pyramid ablation (configs/sweeps/ar_history.py): autoregressive runs are
+  grouped by how they keep their history; a run that is not autoregressive has none."""
+  for seed in (0, 1):
+    for compress, frechet in ((True, 100.0 + seed), (False, 200.0 + seed)):
+      history = 'compressed' if compress else 'full'
+      _fake_run(tmp_path / f'history={history}_seed={seed}', 3, seed, (100,),
+                [(100, [20, 20, 20], True, 0.1, 0.2, frechet)],
+                {'autoregressive': True, 'compress_history': compress})
+  _fake_run(tmp_path / 'joint', 3, 0, (100,), [(100, [20, 20, 20], True, 0.1, 0.2, 50.0)])
+  rows = study.summarise(study.load_reports(str(tmp_path)))
+  by_history = {r['history']: r for r in rows}
+  assert sorted(by_history) == ['-', 'compressed', 'full']
+  assert by_history['compressed']['frechet_distance']['values'] == [100.0, 101.0]
+  assert by_history['full']['frechet_distance']['values'] == [200.0, 201.0]
+  assert by_history['-']['seeds'] == [0]
+  assert '| 3 | full | 100 | 20+20+20 | on | 2 |' in study.markdown(rows)
 
 
 def test_study_refuses_an_empty_sweep_and_two_reports_for_one_seed(tmp_path):

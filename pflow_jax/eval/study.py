@@ -35,6 +35,15 @@ def training_seconds(run_dir: str | os.PathLike, step: int) -> float:
   raise ValueError(f'{run_dir}/metrics.jsonl ends before step {step}')
 
 
+def history_of(config: dict) -> str:
+  """How an autoregressive run keeps its history frames ('compressed': the temporal
+  pyramid, 'full': at the target's resolution); '-' for a run that is not autoregressive."""
+  temporal = config.get('temporal', {})
+  if not temporal.get('autoregressive', False):
+    return '-'
+  return 'compressed' if temporal.get('compress_history', True) else 'full'
+
+
 def load_reports(workdir: str) -> list[dict]:
   """One record per evaluation report of every run under workdir."""
   records = []
@@ -49,7 +58,8 @@ def load_reports(workdir: str) -> list[dict]:
       generated = report['rows']['generated']
       records.append({
           'run': run_dir.name, 'seed': config['seed'],
-          'stages': config['pyramid']['stages'], 'step': report['step'],
+          'stages': config['pyramid']['stages'], 'history': history_of(config),
+          'step': report['step'],
           'task': report['task'], 'steps_per_stage': tuple(sample['steps_per_stage']),
           'guidance_scale': sample['guidance_scale'], 'renoise': sample.get('renoise', True),
           'num_samples': report['num_samples'],
@@ -74,16 +84,16 @@ def summarise(records: list[dict]) -> list[dict]:
   """Groups records by setting; mean, std and values over seeds of each metric."""
   groups = collections.defaultdict(list)
   for r in records:
-    groups[(r['stages'], r['step'], r['task'], r['steps_per_stage'], r['guidance_scale'],
-            r['renoise'])].append(r)
+    groups[(r['stages'], r['history'], r['step'], r['task'], r['steps_per_stage'],
+            r['guidance_scale'], r['renoise'])].append(r)
   rows = []
   for key in sorted(groups):
     members = sorted(groups[key], key=lambda r: r['seed'])
     seeds = [r['seed'] for r in members]
     if len(set(seeds)) != len(seeds):
       raise ValueError(f'setting {key} has two reports for one seed: {seeds}')
-    stages, step, task, per_stage, guidance, renoise = key
-    rows.append({'stages': stages, 'step': step, 'task': task,
+    stages, history, step, task, per_stage, guidance, renoise = key
+    rows.append({'stages': stages, 'history': history, 'step': step, 'task': task,
                  'steps_per_stage': list(per_stage), 'guidance_scale': guidance,
                  'renoise': renoise, 'seeds': seeds,
                  **{m: _stats([r[m] for r in members]) for m in METRICS + COMPUTE},
@@ -91,9 +101,19 @@ def summarise(records: list[dict]) -> list[dict]:
   return rows
 
 
+def _line(row: dict) -> tuple[int, str]:
+  """The trained setting a row belongs to: its pyramid stages and history."""
+  return row['stages'], row['history']
+
+
+def _label(line: tuple[int, str]) -> str:
+  stages, history = line
+  return f'K = {stages}' + ('' if history == '-' else f', {history} history')
+
+
 def _default_sampling(row: dict, rows: list[dict]) -> bool:
   """Whether a row samples as its runs were configured (renoise on, most Euler steps)."""
-  most = max(sum(r['steps_per_stage']) for r in rows if r['stages'] == row['stages'])
+  most = max(sum(r['steps_per_stage']) for r in rows if _line(r) == _line(row))
   return row['renoise'] and sum(row['steps_per_stage']) == most
 
 
@@ -131,12 +151,13 @@ def markdown(rows: list[dict]) -> str:
   def cell(stat, digits):
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
-  lines = ['| K | step | Euler steps | renoise | seeds | train TFLOPs | train min | '
+  lines = ['| K | history | step | Euler steps | renoise | seeds | train TFLOPs | train min | '
            'sample GFLOPs/clip | prompt acc. | motion acc. | consistency | Frechet |',
-           '|---|---|---|---|---|---|---|---|---|---|---|---|']
+           '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
   for r in rows:
     lines.append(
-        f"| {r['stages']} | {r['step']} | {'+'.join(map(str, r['steps_per_stage']))} | "
+        f"| {r['stages']} | {r['history']} | {r['step']} | "
+        f"{'+'.join(map(str, r['steps_per_stage']))} | "
         f"{'on' if r['renoise'] else 'off'} | {len(r['seeds'])} | "
         f"{r['train_flops']['mean'] / 1e12:.1f} | {r['train_seconds']['mean'] / 60:.1f} | "
         f"{r['sample_flops_per_clip']['mean'] / 1e9:.2f} | {cell(r['prompt_accuracy'], 3)} | "
@@ -159,21 +180,21 @@ def claim_markdown(checks: list[dict]) -> str:
 
 
 def plot(rows: list[dict], x_key: str, select, path: str, xlabel: str) -> None:
-  """Frechet distance and the two accuracies against x_key, one line per K."""
+  """Frechet distance and the two accuracies against x_key, one line per K (and history)."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-  for stages in sorted({r['stages'] for r in rows}):
-    chosen = sorted((r for r in rows if r['stages'] == stages and select(r)),
+  for line in sorted({_line(r) for r in rows}):
+    chosen = sorted((r for r in rows if _line(r) == line and select(r)),
                     key=lambda r: r[x_key]['mean'])
     if not chosen:
       continue
     x = [r[x_key]['mean'] for r in chosen]
     for ax, metric in zip(axes, ('frechet_distance', 'motion_accuracy', 'prompt_accuracy')):
       ax.errorbar(x, [r[metric]['mean'] for r in chosen], [r[metric]['std'] for r in chosen],
-                  marker='o', capsize=3, label=f'K = {stages}')
+                  marker='o', capsize=3, label=_label(line))
   real = np.mean([r['real_frechet_distance']['mean'] for r in rows])
   axes[0].axhline(real, color='grey', linestyle='--', label='real vs real')
   for ax, title in zip(axes, ('Frechet distance (lower is better)', 'motion accuracy',
@@ -199,14 +220,13 @@ def write_study(workdir: str, out: str) -> str:
   with open(out + '.json', 'w') as f:
     json.dump({'workdir': workdir, 'reports': len(records), 'rows': rows, 'claim': checks}, f,
               indent=1)
-  table = markdown(rows) + '\n' + claim_markdown(checks)
+  table = markdown(rows) + ('\n' + claim_markdown(checks) if checks else '')
   with open(out + '.md', 'w') as f:
     f.write(table)
-  last_step = {k: max(r['step'] for r in rows if r['stages'] == k)
-               for k in {r['stages'] for r in rows}}
+  last_step = {k: max(r['step'] for r in rows if _line(r) == k) for k in map(_line, rows)}
   plot(rows, 'train_flops', lambda r: _default_sampling(r, rows) and r['task'] == 't2v',
        out + '_training.png', 'training FLOPs')
   plot(rows, 'sample_flops_per_clip',
-       lambda r: r['renoise'] and r['step'] == last_step[r['stages']] and r['task'] == 't2v',
+       lambda r: r['renoise'] and r['step'] == last_step[_line(r)] and r['task'] == 't2v',
        out + '_sampling.png', 'sampling FLOPs per clip')
   return table
