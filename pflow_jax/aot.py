@@ -39,7 +39,7 @@ import ml_collections  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from pflow_jax import cli, config as config_lib, inference  # noqa: E402
+from pflow_jax import cli, config as config_lib  # noqa: E402
 from pflow_jax.models import latent_codec  # noqa: E402
 from pflow_jax.parallel import mesh as mesh_lib, rules  # noqa: E402
 from pflow_jax.pyramid import temporal  # noqa: E402
@@ -117,7 +117,7 @@ def compile_sample(config: ml_collections.ConfigDict, mesh) -> dict[str, float]:
   t, h, w = config_lib.latent_size(config)
   stages, c = config.pyramid.stages, config.latent.channels
   if config.temporal.autoregressive:
-    window = inference.video_history_window(config, t)
+    window = config_lib.history_window(config, t)
     plan = temporal.history_plans(stages=stages, max_history=window, latent_hw=(h, w),
                                   patch_size=config.model.patch_size,
                                   compress=config.temporal.compress_history)[-1]

@@ -315,6 +315,15 @@ def latent_size(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   return 1 + (config.data.num_frames - 1) // tf, h // factor, w // factor
 
 
+def history_window(config: ml_collections.ConfigDict, num_frames: int) -> int:
+  """History units kept when sampling num_frames latent frames: sample.history_window, by
+  default the training clip's (latent frames - 1), never more than num_frames - 1."""
+  window = config.sample.history_window
+  if window < 0:
+    window = latent_size(config)[0] - 1
+  return max(0, min(window, num_frames - 1))
+
+
 def _check_positive(section: ml_collections.ConfigDict, prefix: str, names) -> None:
   for name in names:
     if section[name] < 1:

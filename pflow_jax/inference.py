@@ -106,15 +106,6 @@ def load_text_embeddings(path: str, config: ml_collections.ConfigDict,
   return batch
 
 
-def video_history_window(config: ml_collections.ConfigDict, num_frames: int) -> int:
-  """History units kept when sampling num_frames latent frames: sample.history_window, by
-  default the training clip's (latent frames - 1), never more than num_frames - 1."""
-  window = config.sample.history_window
-  if window < 0:
-    window = config_lib.latent_size(config)[0] - 1
-  return max(0, min(window, num_frames - 1))
-
-
 class VideoGenerator:
   """Autoregressive text(-and-image)-to-video: frame by frame through the pyramid stages.
 
@@ -141,7 +132,7 @@ class VideoGenerator:
     if num_frames < 1:
       raise ValueError(f'num_frames must be >= 1 latent frame, got {num_frames}')
     self.num_frames = num_frames
-    self.window = video_history_window(config, num_frames) if window is None else window
+    self.window = config_lib.history_window(config, num_frames) if window is None else window
     self.cache = config.sample.cache_history if cache is None else cache
     self.shape = (h, w, codec.latent_channels)
     self.codec = codec

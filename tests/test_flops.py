@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from configs import moving_digits
+from pflow_jax import config as config_lib
 from pflow_jax.data import synthetic
 from pflow_jax.models import dit, latent_codec
 from pflow_jax.training import flops, state as state_lib, step as step_lib
@@ -61,3 +62,30 @@ def test_autoregressive_step_flops_count_the_history_the_step_computes(compress)
                         for tokens in flops.stage_video_tokens(config))
   if compress:  # the old count: right for a full-resolution history, far off for the pyramid
     assert whole_clips / 3 / xla > 1.5
+
+
+def test_autoregressive_sampling_flops_count_each_frame_and_its_history():
+  """Frame by frame: the first frame alone (image steps), each later one with its history
+  padded to the window (video steps). A full-resolution history of W frames is W frames
+  of the target's tokens; the temporal pyramid's is less."""
+  config = moving_digits.get_config('ar')
+  frames = config_lib.latent_size(config)[0]
+  per_frame = [t // frames for t in flops.stage_video_tokens(config)]
+  text = flops.dit_text_tokens(config)
+  image_steps, video_steps = config.sample.steps_per_stage, config.sample.video_steps_per_stage
+  forward = lambda tokens: flops.dit_forward_flops(config.model, tokens, text)  # noqa: E731
+
+  def expected(history_frames):
+    first = 2 * sum(n * forward(t) for n, t in zip(image_steps, per_frame))
+    later = 2 * sum(n * forward(t * (1 + history_frames)) for n, t in zip(video_steps, per_frame))
+    return 3 * (first + (frames - 1) * later)
+
+  config.temporal.compress_history = False
+  full = flops.sample_flops(config, image_steps, 3, guidance=True)
+  assert full == pytest.approx(expected(frames - 1))
+  config.sample.history_window = 0
+  assert flops.sample_flops(config, image_steps, 3, guidance=True) == pytest.approx(expected(0))
+  config.sample.history_window = -1
+  config.temporal.compress_history = True
+  compressed = flops.sample_flops(config, image_steps, 3, guidance=True)
+  assert expected(0) < compressed < full / 1.5

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from pflow_jax import config as config_lib
+from pflow_jax.pyramid import temporal
 from pflow_jax.training import step as step_lib
 
 
@@ -106,8 +107,32 @@ def train_step_flops(config: ml_collections.ConfigDict) -> float:
 
 def sample_flops(config: ml_collections.ConfigDict, steps_per_stage: Sequence[int],
                  num_samples: int, guidance: bool = True) -> float:
-  """FLOPs of sampling `num_samples` videos (CFG doubles the batch)."""
+  """FLOPs of sampling `num_samples` videos (CFG doubles the batch).
+
+  Autoregressive models generate frame by frame: the first frame with steps_per_stage
+  and `guidance`, later ones with sample.video_steps_per_stage (guided unless
+  video_guidance_scale is 1), each step on the frame and its history padded to the
+  window, as the compiled programs run it. Counted without the history cache, which
+  computes the history's keys and values once per stage rather than at every step.
+  """
   text = dit_text_tokens(config)
-  batch = num_samples * (2 if guidance else 1)
-  return sum(batch * n * dit_forward_flops(config.model, tokens, text)
-             for n, tokens in zip(steps_per_stage, stage_video_tokens(config)))
+  if not config.temporal.autoregressive:
+    batch = num_samples * (2 if guidance else 1)
+    return sum(batch * n * dit_forward_flops(config.model, tokens, text)
+               for n, tokens in zip(steps_per_stage, stage_video_tokens(config)))
+  frames = config_lib.latent_size(config)[0]
+  frame_tokens = [tokens // frames for tokens in stage_video_tokens(config)]
+  window = config_lib.history_window(config, frames)
+  history = [0] * len(frame_tokens)
+  if window:
+    _, h, w = config_lib.latent_size(config)
+    history = [plan.length for plan in temporal.history_plans(
+        stages=config.pyramid.stages, max_history=window, latent_hw=(h, w),
+        patch_size=config.model.patch_size, compress=config.temporal.compress_history)]
+  later_guided = config.sample.video_guidance_scale != 1.0
+  total = sum((2 if guidance else 1) * n * dit_forward_flops(config.model, tokens, text)
+              for n, tokens in zip(steps_per_stage, frame_tokens))
+  total += (frames - 1) * sum(
+      (2 if later_guided else 1) * n * dit_forward_flops(config.model, tokens + extra, text)
+      for n, tokens, extra in zip(config.sample.video_steps_per_stage, frame_tokens, history))
+  return num_samples * total
