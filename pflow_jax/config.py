@@ -194,7 +194,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample = ml_collections.ConfigDict(dict(
       steps_per_stage=(20, 20, 20),  # the first frame (image) when autoregressive
       guidance_scale=4.0,          # the official 7-9 suit trained models (the moving-digits
-                                   # default uses 7; sample --guidance_scale)
+                                   # default uses 9; sample --guidance_scale)
       video_steps_per_stage=(10, 10, 10),  # later frames (official demo defaults)
       video_guidance_scale=5.0,
       renoise=True,                # corrective block noise at stage jumps (False: ablation)
