@@ -60,3 +60,27 @@ def test_bad_inputs():
   with pytest.raises(ValueError, match='share one caption'):
     conditioning.caption_ablation(config, graphdef, params, codec, videos,
                                   np.repeat(tokens[:1], 12, 0), batch_size=6)
+
+
+def test_an_autoregressive_model_is_scored_on_every_target_frame():
+  """The default averages the losses of every target frame, frame 0 (no history) included;
+  unit_lengths outside the clip are refused."""
+  config = moving_digits.get_config('ar,tiny')
+  graphdef, params = nnx.split(FlowModel(config, rngs=nnx.Rngs(0)), nnx.Param)
+  for i, layer in enumerate((params['dit']['norm_out']['linear'], params['dit']['proj_out'])):
+    layer['kernel'][...] = 0.1 * jax.random.normal(jax.random.key(i), layer['kernel'].shape)
+  frames = config.data.num_frames
+  videos = np.random.default_rng(0).integers(0, 256, size=(12, frames, 32, 32, 1),
+                                             dtype=np.uint8)
+  tokens = text.tokenize(CAPTIONS * 2, config.text.max_length)
+  codec = latent_codec.make_codec(config.latent)
+  run = lambda **kw: conditioning.caption_ablation(  # noqa: E731
+      config, graphdef, params, codec, videos, tokens, draws=1, batch_size=6, **kw)
+  every = run()
+  singles = [run(unit_lengths=[n]) for n in range(1, frames + 1)]
+  for name in conditioning.CAPTION_SETS:
+    np.testing.assert_allclose(every[name], np.mean([r[name] for r in singles], axis=0),
+                               rtol=1e-5)
+  assert not np.allclose(singles[0]['own'], singles[-1]['own'], rtol=1e-4)
+  with pytest.raises(ValueError, match='must lie in'):
+    run(unit_lengths=[frames + 1])

@@ -10,11 +10,17 @@ the same clips, noise and timesteps for the three caption sets:
   empty     the unconditional caption classifier-free guidance uses
   text_gain 1 - own / shuffled per stage: the share of the loss the prompt explains
 
-The moving-digits DiT of docs/sample_quality.md has text_gain 0.15 / 0.04 / 0.003
-on stages 0 / 1 / 2 at 2,400 steps: its samples follow the noise, not the prompt.
+An autoregressive model is scored on every target frame, from frame 0 (no history,
+where the prompt decides everything) to the last, and the losses averaged: its
+training steps draw one frame per stage column.
+
+The moving-digits default at 2,400 steps has text_gain 0.20 / 0.07 / 0.005 on
+stages 0 / 1 / 2 (0.02 / 0.008 / 0.005 with SD3's positions; docs/sample_quality.md).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +28,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from pflow_jax import config as config_lib
 from pflow_jax.models.latent_codec import LatentCodec
 from pflow_jax.training import step as step_lib
 
@@ -30,12 +37,15 @@ CAPTION_SETS = ('own', 'shuffled', 'empty')
 
 def caption_ablation(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, params: nnx.State,
                      codec: LatentCodec, videos: np.ndarray, tokens: np.ndarray,
-                     draws: int = 3, batch_size: int = 48, seed: int = 0) -> dict[str, list[float]]:
+                     draws: int = 3, batch_size: int = 48, seed: int = 0,
+                     unit_lengths: Sequence[int] | None = None) -> dict[str, list[float]]:
   """Mean training loss per stage for each caption set; see the module docstring.
 
   videos: uint8 [N, T, H, W, C] clips; tokens: int32 [N, L] their captions. N is
   cut to whole batches of batch_size (a multiple of sum(pyramid.sample_ratios));
-  each batch is scored with `draws` noise/timestep draws.
+  each batch is scored with `draws` noise/timestep draws. unit_lengths
+  (autoregressive models only): the target frames to score, as frames up to and
+  including the target (1 is frame 0); default all of a clip's latent frames.
   """
   columns = sum(config.pyramid.sample_ratios)
   if batch_size % columns:
@@ -51,11 +61,20 @@ def caption_ablation(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, 
   with no_dropout.unlocked():
     no_dropout.pyramid.text_dropout = 0.0
   loss_fn = step_lib.make_loss_fn(no_dropout, graphdef)
-  units = (jnp.asarray(step_lib.units_for_step(config, 0))
-           if config.temporal.autoregressive else None)
+  stages = config.pyramid.stages
+  if config.temporal.autoregressive:
+    frames = config_lib.latent_size(config)[0]
+    lengths = list(range(1, frames + 1)) if unit_lengths is None else list(unit_lengths)
+    if not lengths or not all(1 <= n <= frames for n in lengths):
+      raise ValueError(f'unit_lengths {lengths} must lie in [1, {frames}]')
+    unit_sets = [jnp.full((stages,), n, jnp.int32) for n in lengths]
+  elif unit_lengths is not None:
+    raise ValueError('unit_lengths is for autoregressive models')
+  else:
+    unit_sets = [None]
 
   @jax.jit
-  def stage_losses(params, video, tokens, rng):
+  def stage_losses(params, video, tokens, rng, units):
     return loss_fn(params, {'video': video, 'tokens': tokens}, rng, codec, units)[1][
         'loss_per_stage']
 
@@ -66,8 +85,11 @@ def caption_ablation(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, 
     captions = {'own': own, 'shuffled': jnp.roll(own, 1, axis=0), 'empty': jnp.zeros_like(own)}
     for d in range(draws):
       rng = jax.random.fold_in(jax.random.key(seed), b * draws + d)
-      for name in CAPTION_SETS:
-        sums[name] = sums[name] + np.asarray(stage_losses(params, video, captions[name], rng))
-  report = {name: [float(v) for v in sums[name] / (num_batches * draws)] for name in CAPTION_SETS}
+      for units in unit_sets:
+        for name in CAPTION_SETS:
+          sums[name] = sums[name] + np.asarray(
+              stage_losses(params, video, captions[name], rng, units))
+  count = num_batches * draws * len(unit_sets)
+  report = {name: [float(v) for v in sums[name] / count] for name in CAPTION_SETS}
   report['text_gain'] = [1.0 - o / s for o, s in zip(report['own'], report['shuffled'])]
   return report
