@@ -112,7 +112,7 @@ class Probe:
     velocity on the training path at PROBE_RATIOS."""
     config = self.config
     schedule = schedule_lib.from_config(config.pyramid)
-    latents = self.codec.encode(jnp.asarray(self.clips, jnp.float32) / 127.5 - 1.0)
+    latents = step_lib.batch_latents({'video': jnp.asarray(self.clips)}, self.codec)
     levels = flow.downsample_pyramid(latents, schedule.stages)
     noise = flow.noise_pyramid(jax.random.normal(jax.random.key(7), latents.shape),
                                schedule.stages)

@@ -42,7 +42,6 @@ from ml_collections import config_flags  # noqa: E402
 from pflow_jax import cli, config as config_lib  # noqa: E402
 from pflow_jax.models import latent_codec  # noqa: E402
 from pflow_jax.parallel import mesh as mesh_lib, rules  # noqa: E402
-from pflow_jax.pyramid import temporal  # noqa: E402
 from pflow_jax.training import flops, state as state_lib, step as step_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'DiT config.', lock_config=True)
@@ -118,9 +117,7 @@ def compile_sample(config: ml_collections.ConfigDict, mesh) -> dict[str, float]:
   stages, c = config.pyramid.stages, config.latent.channels
   if config.temporal.autoregressive:
     window = config_lib.history_window(config, t)
-    plan = temporal.history_plans(stages=stages, max_history=window, latent_hw=(h, w),
-                                  patch_size=config.model.patch_size,
-                                  compress=config.temporal.compress_history)[-1]
+    plan = step_lib.history_plans(config, window)[-1]
     inputs['latents'] = jax.ShapeDtypeStruct((batch, 1, h, w, c), jnp.float32,
                                              sharding=sharding(5))
     bank = [jax.ShapeDtypeStruct((batch, window, h >> (stages - 1 - level),

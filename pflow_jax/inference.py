@@ -18,7 +18,8 @@ from pflow_jax.data import pipeline, text_embeddings
 from pflow_jax.models import text as text_lib
 from pflow_jax.models.latent_codec import LatentCodec
 from pflow_jax.parallel import rules
-from pflow_jax.pyramid import sampler, schedule as schedule_lib, temporal
+from pflow_jax.pyramid import sampler, schedule as schedule_lib
+from pflow_jax.training import step as step_lib
 
 
 def make_generate_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
@@ -126,7 +127,6 @@ class VideoGenerator:
     if not config.temporal.autoregressive:
       raise ValueError('frame-by-frame generation needs a model trained with '
                        'temporal.autoregressive=True')
-    k = config.pyramid.stages
     self.schedule = schedule_lib.from_config(config.pyramid)
     _, h, w = config_lib.latent_size(config)
     if num_frames < 1:
@@ -137,10 +137,7 @@ class VideoGenerator:
     self.shape = (h, w, codec.latent_channels)
     self.codec = codec
     self.pad_history = pad_history
-    plan_args = dict(stages=k, latent_hw=(h, w), patch_size=config.model.patch_size,
-                     compress=config.temporal.compress_history)
-    self.plans = functools.cache(
-        lambda history: temporal.history_plans(max_history=history, **plan_args))
+    self.plans = functools.cache(lambda history: step_lib.history_plans(config, history))
     sample = config.sample
 
     @functools.partial(jax.jit, static_argnames=('history', 'first'))

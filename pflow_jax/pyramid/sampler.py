@@ -121,7 +121,7 @@ def sample(velocity_fn: flow.VelocityFn, cond: Any, uncond: Any, rng: jax.Array,
     if stage > 0:
       x = stage_jump(x, jump_rngs[stage - 1], schedule, stage, renoise)
     velocity = stage_velocity(lambda x_in, t_in: velocity_fn(x_in, t_in, model_cond), guided,
-                               guidance_scale, schedule, stage, prediction)
+                              guidance_scale, schedule, stage, prediction)
     x = euler_stage(velocity, x, schedule, stage, steps[stage])
   return x
 

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 import ml_collections
 
 from pflow_jax import config as config_lib
-from pflow_jax.pyramid import temporal
 from pflow_jax.training import step as step_lib
 
 
@@ -123,12 +122,8 @@ def sample_flops(config: ml_collections.ConfigDict, steps_per_stage: Sequence[in
   frames = config_lib.latent_size(config)[0]
   frame_tokens = [tokens // frames for tokens in stage_video_tokens(config)]
   window = config_lib.history_window(config, frames)
-  history = [0] * len(frame_tokens)
-  if window:
-    _, h, w = config_lib.latent_size(config)
-    history = [plan.length for plan in temporal.history_plans(
-        stages=config.pyramid.stages, max_history=window, latent_hw=(h, w),
-        patch_size=config.model.patch_size, compress=config.temporal.compress_history)]
+  history = ([plan.length for plan in step_lib.history_plans(config, window)] if window
+             else [0] * len(frame_tokens))
   later_guided = config.sample.video_guidance_scale != 1.0
   total = sum((2 if guidance else 1) * n * dit_forward_flops(config.model, tokens, text)
               for n, tokens in zip(steps_per_stage, frame_tokens))

@@ -57,12 +57,19 @@ def make_loss_fn(config: ml_collections.ConfigDict,
   return loss_fn
 
 
-def training_plans(config: ml_collections.ConfigDict) -> tuple[temporal.HistoryPlan, ...]:
-  """History layouts for autoregressive training: up to (latent frames - 1) history units."""
-  t, h, w = config_lib.latent_size(config)
-  return temporal.history_plans(stages=config.pyramid.stages, max_history=t - 1,
+def history_plans(config: ml_collections.ConfigDict,
+                  max_history: int) -> tuple[temporal.HistoryPlan, ...]:
+  """The config's history layouts (its stages, latent grid, patch and compression) for up
+  to max_history history units, one per stage."""
+  _, h, w = config_lib.latent_size(config)
+  return temporal.history_plans(stages=config.pyramid.stages, max_history=max_history,
                                 latent_hw=(h, w), patch_size=config.model.patch_size,
                                 compress=config.temporal.compress_history)
+
+
+def training_plans(config: ml_collections.ConfigDict) -> tuple[temporal.HistoryPlan, ...]:
+  """History layouts for autoregressive training: up to (latent frames - 1) history units."""
+  return history_plans(config, config_lib.latent_size(config)[0] - 1)
 
 
 def units_for_step(config: ml_collections.ConfigDict, step: int) -> np.ndarray:
