@@ -30,7 +30,8 @@ frame shows the given frame's digits.
 --metrics=digits,fvd adds FVD (eval/i3d.py: Kinetics-400 I3D logits, 16 frames at
 224 px) to each row, against the whole test split; the real row's FVD is that of
 as many training clips, the real-vs-real yardstick. FVD needs at least 400 clips
-per set (the feature dimension) and costs about 1.5 s per clip on 2 CPU cores.
+per set (the feature dimension) and costs about 1.5 s per clip on 2 CPU cores; the
+reference sets' features are computed once and kept under <scorer_dir>/i3d_features.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ _GUIDANCE = flags.DEFINE_float('guidance_scale', None, 'CFG scale (default: the 
 _STEPS = flags.DEFINE_list('steps_per_stage', None, 'Euler steps per stage (default: config).')
 _RENOISE = flags.DEFINE_bool('renoise', None, 'Corrective noise at stage jumps (default: the '
                              'config\'s; --norenoise is the paper\'s ablation).')
-_SCORER_DIR = flags.DEFINE_string('scorer_dir', None, 'Root of the digit-scorer cache '
+_SCORER_DIR = flags.DEFINE_string('scorer_dir', None, 'Root of the digit-scorer and I3D-feature caches '
                                   '(default: the config\'s data.data_dir).')
 _SCORER_STEPS = flags.DEFINE_integer('scorer_steps', None, 'Train the digit scorer for this many '
                                      'steps (smoke tests; default: the scorer\'s own).')
@@ -137,13 +138,16 @@ def generate(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, params: 
 
 def evaluate(config: ml_collections.ConfigDict, videos: np.ndarray, captions: list[str],
              scorer: digits_lib.DigitScorer, given_frames: np.ndarray | None = None,
-             with_fvd: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
+             with_fvd: bool = False,
+             fvd_cache: str | None = None) -> tuple[dict, dict[str, np.ndarray]]:
   """(report, the generated clips' per-clip scores).
 
   The report has a row for the videos, the real test clips and uniform noise.
   videos are the generated clips for `captions` (the captions of the first
   len(videos) test clips, or any moving-digits captions). with_fvd adds each
-  row's FVD to the whole test split (the real row: as many training clips).
+  row's FVD to the whole test split (the real row: as many training clips);
+  fvd_cache: a folder that keeps the I3D features of those reference sets
+  (i3d.cached_video_features), so later evaluations compute only the videos'.
   """
   n = len(videos)
   if n < digits_lib.MIN_FRECHET_SAMPLES:
@@ -190,15 +194,18 @@ def evaluate(config: ml_collections.ConfigDict, videos: np.ndarray, captions: li
     check_fvd_sizes(n, len(test), len(train))
     variables = i3d.load_i3d_weights()
 
-    def logits(clips, what):
+    def logits(clips, what, reference=True):
       print(f'FVD: I3D features of {len(clips)} {what} clips')
+      if reference and fvd_cache:
+        return i3d.cached_video_features(clips, fvd_cache, variables)['logits']
       return i3d.video_features(clips, variables)['logits']
 
     test_logits = logits(test, 'test')
-    for name, clips, what in (('generated', videos, 'generated'),
-                              ('real_test_clips', train[:len(test)], 'training'),
-                              ('uniform_noise', noise, 'noise')):
-      rows[name]['fvd'] = frechet.frechet_distance(logits(clips, what), test_logits,
+    for name, clips, what, reference in (
+        ('generated', videos, 'generated', False),
+        ('real_test_clips', train[:len(test)], 'training', True),
+        ('uniform_noise', noise, 'noise', True)):
+      rows[name]['fvd'] = frechet.frechet_distance(logits(clips, what, reference), test_logits,
                                                    i3d.NUM_CLASSES)
   if test.shape[1] != videos.shape[1]:
     rows['real_test_clips']['note'] = (f'scored on the {test.shape[1]}-frame test clips; the '
@@ -298,12 +305,15 @@ def main(argv):
     if not steps or (_STEP.value is not None and _STEP.value not in steps):
       raise FileNotFoundError(f'no checkpoint {_STEP.value or ""} in {workdir}/checkpoints '
                               f'(have {steps})')
-  scorer = digits_lib.get_scorer(_SCORER_DIR.value or config.data.data_dir,
+  cache_root = _SCORER_DIR.value or config.data.data_dir
+  fvd_cache = os.path.join(cache_root, 'i3d_features')
+  scorer = digits_lib.get_scorer(cache_root,
                                  digits_lib.scorer_config(config.data, _SCORER_STEPS.value),
                                  train_if_missing=True)
   if _VIDEOS.value:
     videos, captions = read_video_folder(_VIDEOS.value, config_lib.image_hw(config.data))
-    report, scores = evaluate(config, videos, captions, scorer, with_fvd=with_fvd)
+    report, scores = evaluate(config, videos, captions, scorer, with_fvd=with_fvd,
+                              fvd_cache=fvd_cache)
     out = storage.path(_VIDEOS.value) / 'eval'
   else:
     test, _, _, captions = _split_arrays(config, 'test')
@@ -314,7 +324,7 @@ def main(argv):
     graphdef, params, step = restore.load_params(config, workdir, _STEP.value)
     videos = generate(config, graphdef, params, captions, seed=_SEED.value,
                       batch_size=_BATCH.value, first_frames=given, num_frames=_NUM_FRAMES.value)
-    report, scores = evaluate(config, videos, captions, scorer, given, with_fvd)
+    report, scores = evaluate(config, videos, captions, scorer, given, with_fvd, fvd_cache)
     report.update(step=step, task=_TASK.value, seed=_SEED.value,
                   sample=config.sample.to_dict(), compute=reports.compute_of(config, step),
                   conditioning=caption_ablation(config, graphdef, params, test[:n], captions))

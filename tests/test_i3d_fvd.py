@@ -201,3 +201,26 @@ def test_fvd_refuses_too_few_clips_before_running_the_network():
     i3d.fvd(clips, clips, feature='softmax')
   with pytest.raises(ValueError, match='uint8'):
     i3d.fvd(clips.astype(np.float32), clips, min_samples=2)
+
+
+def test_cached_features_are_computed_once_per_clip_set_and_read_back(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_features(videos, variables=None, **kwargs):
+    calls.append(len(videos))
+    mean = videos.reshape(len(videos), -1).mean(axis=1, dtype=np.float32)
+    return {key: np.repeat(mean[:, None], dim, axis=1) for key, dim in i3d.FEATURE_DIMS.items()}
+
+  monkeypatch.setattr(i3d, 'video_features', fake_features)
+  rng = np.random.default_rng(0)
+  clips = rng.integers(0, 256, (3, 4, 8, 8, 1), dtype=np.uint8)
+  first = i3d.cached_video_features(clips, str(tmp_path))
+  again = i3d.cached_video_features(clips.copy(), str(tmp_path))
+  assert calls == [3]
+  for key in i3d.FEATURE_DIMS:
+    np.testing.assert_array_equal(first[key], again[key])
+  changed = clips.copy()
+  changed[0, 0, 0, 0, 0] ^= 1  # one pixel: another set, never the stale features
+  i3d.cached_video_features(changed, str(tmp_path))
+  assert calls == [3, 3]
+  assert len(list(tmp_path.glob('i3d_*.npz'))) == 2

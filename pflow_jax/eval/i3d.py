@@ -45,6 +45,7 @@ Frechet distance (as FID), from `eval/frechet.py`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import math
 import os
@@ -401,6 +402,37 @@ def video_features(videos: Any, variables: Mapping | None = None, *,
     for key in out:
       out[key].append(np.asarray(features[key][:real], np.float32))
   return {key: np.concatenate(parts) for key, parts in out.items()}
+
+
+def clips_digest(videos: np.ndarray) -> str:
+  """A name for a set of clips: SHA-256 of their shape and bytes, with the input protocol."""
+  videos = _check_videos(videos, 'videos')
+  digest = hashlib.sha256(f'{videos.shape}|{NUM_FRAMES}x{RESOLUTION}|'.encode())
+  digest.update(np.ascontiguousarray(videos).tobytes())
+  return digest.hexdigest()[:24]
+
+
+def cached_video_features(videos: Any, cache_dir: str, variables: Mapping | None = None,
+                          **kwargs) -> dict[str, np.ndarray]:
+  """`video_features`, stored in cache_dir under the clips' digest and read back from there.
+
+  For reference sets (real test clips, training clips) that every evaluation of a dataset scores
+  again: the digest covers the clips' bytes, so a changed dataset is never served stale features.
+  The file is an .npz of plain arrays (read with allow_pickle=False) written atomically.
+  """
+  videos = _check_videos(videos, 'videos')
+  path = os.path.join(cache_dir, f'i3d_{clips_digest(videos)}.npz')
+  if os.path.exists(path):
+    with np.load(path, allow_pickle=False) as stored:
+      features = {key: stored[key] for key in FEATURE_DIMS}
+    if all(f.shape == (len(videos), d) for f, d in zip(features.values(), FEATURE_DIMS.values())):
+      return features
+  features = video_features(videos, variables, **kwargs)
+  os.makedirs(cache_dir, exist_ok=True)
+  partial = f'{path}.{os.getpid()}.partial.npz'
+  np.savez(partial, **features)
+  os.replace(partial, path)
+  return features
 
 
 def fvd(real_videos: Any, generated_videos: Any, *, min_samples: int | None = None,
