@@ -326,7 +326,8 @@ def main(argv):
                       batch_size=_BATCH.value, first_frames=given, num_frames=_NUM_FRAMES.value)
     report, scores = evaluate(config, videos, captions, scorer, given, with_fvd, fvd_cache)
     report.update(step=step, task=_TASK.value, seed=_SEED.value,
-                  sample=config.sample.to_dict(), compute=reports.compute_of(config, step),
+                  sample=config.sample.to_dict(),
+                  compute=reports.compute_of(config, step, _NUM_FRAMES.value),
                   conditioning=caption_ablation(config, graphdef, params, test[:n], captions))
     out = storage.path(workdir) / 'eval' / reports.report_name(
         step, _TASK.value, _NUM_FRAMES.value, _STEPS.value and config.sample.steps_per_stage,

@@ -89,3 +89,22 @@ def test_autoregressive_sampling_flops_count_each_frame_and_its_history():
   config.temporal.compress_history = True
   compressed = flops.sample_flops(config, image_steps, 3, guidance=True)
   assert expected(0) < compressed < full / 1.5
+
+
+def test_evaluate_counts_the_sampling_flops_of_the_frames_it_generates():
+  """An autoregressive model sampled past its training length: each extra frame adds its
+  steps on a history of the window's frames, and the training FLOPs stay the training's."""
+  from pflow_jax.eval import reports
+  config = moving_digits.get_config('ar')
+  config.temporal.compress_history = False
+  config.sample.history_window = 2
+  trained = reports.compute_of(config, 10)
+  longer = reports.compute_of(config, 10, num_frames=2 * config.data.num_frames)
+  assert longer['train_flops'] == trained['train_flops']
+  frames = config_lib.latent_size(config)[0]
+  per_frame = [t // frames for t in flops.stage_video_tokens(config)]
+  text = flops.dit_text_tokens(config)
+  extra_frame = 2 * sum(n * flops.dit_forward_flops(config.model, 3 * t, text)
+                        for n, t in zip(config.sample.video_steps_per_stage, per_frame))
+  assert longer['sample_flops_per_clip'] - trained['sample_flops_per_clip'] == pytest.approx(
+      config.data.num_frames * extra_frame)

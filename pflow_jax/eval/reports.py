@@ -29,9 +29,18 @@ def report_name(step: int, task: str, num_frames: int | None, steps_per_stage, g
   return '_'.join(parts)
 
 
-def compute_of(config: ml_collections.ConfigDict, step: int) -> dict[str, float]:
-  """Analytic training FLOPs to `step` and sampling FLOPs per clip (training/flops.py)."""
+def compute_of(config: ml_collections.ConfigDict, step: int,
+               num_frames: int | None = None) -> dict[str, float]:
+  """Analytic training FLOPs to `step` and sampling FLOPs per clip (training/flops.py).
+
+  num_frames: the pixel frames of the sampled clips when they differ from the training
+  clips' (an autoregressive model generating longer videos).
+  """
+  sampled = config
+  if num_frames is not None and num_frames != config.data.num_frames:
+    sampled = config.copy_and_resolve_references()
+    sampled.data.num_frames = num_frames
   guided = config.sample.guidance_scale != 1.0
   return {'train_flops': step * flops.train_step_flops(config),
-          'sample_flops_per_clip': flops.sample_flops(config, config.sample.steps_per_stage,
+          'sample_flops_per_clip': flops.sample_flops(sampled, config.sample.steps_per_stage,
                                                       1, guided)}
