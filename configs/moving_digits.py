@@ -21,7 +21,7 @@ Variants (`--config=configs/moving_digits.py:<a>,<b>`, combinable):
        over (frame, y, x) instead of the sincos table.
   tiny a few steps of a very small model at 32x32 px, for tests and smoke runs.
   quality  4x4-pixel tokens (space-to-depth factor 2, 8x8 tokens a frame) and 8,000
-       steps: about 55 minutes on 2 CPU cores.
+       steps: 52 minutes of training on 2 CPU cores.
   two_digits  one or two digits per clip, with the official positions (the data
        and DiT of the results measured before the default became one digit;
        docs/ name it where they used it).
