@@ -59,6 +59,9 @@ def get_config(arg: str = ''):
     c.latent.update(kind='vae', factor=4, temporal_factor=2, channels=16,
                     vae_workdir='runs/vae_digits')
   if 'quality' in variants:
+    if 'vae' in variants:
+      raise ValueError('configs/moving_digits.py: quality sets space-to-depth latents; it does '
+                       'not combine with vae')
     # 4x4-pixel tokens (space-to-depth factor 2: 8x8 tokens a frame at full resolution) learn
     # digits in fewer minutes than the default's 8x8-pixel ones (docs/sample_quality.md).
     c.latent.update(factor=2, channels=4)

@@ -70,8 +70,8 @@ _GUIDANCE = flags.DEFINE_float('guidance_scale', None, 'CFG scale (default: the 
 _STEPS = flags.DEFINE_list('steps_per_stage', None, 'Euler steps per stage (default: config).')
 _RENOISE = flags.DEFINE_bool('renoise', None, 'Corrective noise at stage jumps (default: the '
                              'config\'s; --norenoise is the paper\'s ablation).')
-_SCORER_DIR = flags.DEFINE_string('scorer_dir', None, 'Root of the digit-scorer and I3D-feature caches '
-                                  '(default: the config\'s data.data_dir).')
+_SCORER_DIR = flags.DEFINE_string('scorer_dir', None, 'Root of the digit-scorer and I3D-feature '
+                                  'caches (default: the config\'s data.data_dir).')
 _SCORER_STEPS = flags.DEFINE_integer('scorer_steps', None, 'Train the digit scorer for this many '
                                      'steps (smoke tests; default: the scorer\'s own).')
 _METRICS = flags.DEFINE_list('metrics', ['digits'], 'digits (always) and optionally fvd.')

@@ -287,6 +287,7 @@ def test_only_errors_raised_on_purpose_are_one_line(tmp_path, which, one_line):
 
 @pytest.mark.parametrize('module, arg, message', [
     ('moving_digits', 'tiny,bad', "no variant 'tiny,bad'; its variants (comma-separated)"),
+    ('moving_digits', 'quality,vae', 'quality sets space-to-depth latents'),
     ('pyramid_flow_sd3', '384p,768p', 'at most one'),
     ('pyramid_flow_sd3', '', 'needs a size'),
     ('vae_moving_digits', 'ar', "no variant 'ar'"),
