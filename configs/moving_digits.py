@@ -21,7 +21,8 @@ Variants (`--config=configs/moving_digits.py:<a>,<b>`, combinable):
        over (frame, y, x) instead of the sincos table.
   tiny a few steps of a very small model at 32x32 px, for tests and smoke runs.
   quality  4x4-pixel tokens (space-to-depth factor 2, 8x8 tokens a frame), 8,000
-       steps (52 minutes of training on 2 CPU cores) and guidance 6.
+       steps (52 minutes of training on 2 CPU cores) and guidance 6. With ar
+       (`:ar,quality`) also the positions of TOY_POSITIONS.
   two_digits  one or two digits per clip, with the official positions (the data
        and DiT of the results measured before the default became one digit;
        docs/ name it where they used it).
@@ -35,8 +36,8 @@ VARIANTS = ('tiny', 'ar', 'vae', 'flux', 'two_digits', 'quality')
 # and spatial RoPE in attention. With SD3's table (spacing 1/3, right for 64-128 tokens
 # across) the 2x2 tokens of stage 1 look alike and the DiT cannot even memorise two clips
 # (benchmarks/memorisation.py; docs/sample_quality.md). The :ar variant keeps the official
-# positions until its temporal-pyramid study (configs/sweeps/ar_history.py) is rerun, and
-# :two_digits keeps them so that the results measured with it before reproduce.
+# positions until its temporal-pyramid study (configs/sweeps/ar_history.py) is rerun (:ar,quality
+# has these), and :two_digits keeps them so that the results measured with it before reproduce.
 TOY_POSITIONS = dict(pos_embed_max_size=4, rope_axes_dim=(16, 24, 24))
 
 
@@ -44,7 +45,7 @@ def get_config(arg: str = ''):
   variants = config_lib.variants(arg, VARIANTS, 'configs/moving_digits.py')
   c = config_lib.base_config()
   c.data.max_digits = 2 if 'two_digits' in variants else 1
-  if not {'tiny', 'ar', 'two_digits'} & set(variants):
+  if 'quality' in variants or not {'tiny', 'ar', 'two_digits'} & set(variants):
     c.model.update(TOY_POSITIONS)
     # With these positions guidance 9 (SD3's) gives the best prompt accuracy of 2, 4, 7, 9
     # and 12 (docs/sample_quality.md).

@@ -244,10 +244,14 @@ def optax_norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
-@pytest.fixture(scope='module')
-def ar_model():
-  """A tiny autoregressive model with perturbed weights and its config."""
+@pytest.fixture(scope='module', params=['frame_rope', 'frame_y_x_rope'])
+def ar_model(request):
+  """A tiny autoregressive model with perturbed weights and its config: RoPE over the frame
+  index (official), or over (frame, y, x) with unit-spaced sincos cells (`:ar,quality`), where
+  the compressed history's positions are interpolated onto the target's grid."""
   config = moving_digits.get_config('tiny,ar')
+  if request.param == 'frame_y_x_rope':
+    config.model.update(rope_axes_dim=(4, 6, 6), pos_embed_max_size=4)
   config.dtype = 'float32'   # exact comparisons; bf16 rounding differs between the two paths
   model = perturbed(flow_model.FlowModel(config, rngs=nnx.Rngs(0)), seed=3)
   graphdef, params = nnx.split(model)
