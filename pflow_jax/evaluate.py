@@ -67,6 +67,9 @@ _VIDEOS = flags.DEFINE_string('videos', None, 'Score this folder of videos inste
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 _GUIDANCE = flags.DEFINE_float('guidance_scale', None, 'CFG scale (default: the config\'s).')
+_VIDEO_GUIDANCE = flags.DEFINE_float('video_guidance_scale', None, 'CFG scale of the frames '
+                                      'after the first (autoregressive models; default: the '
+                                      'config\'s).')
 _STEPS = flags.DEFINE_list('steps_per_stage', None, 'Euler steps per stage (default: config).')
 _RENOISE = flags.DEFINE_bool('renoise', None, 'Corrective noise at stage jumps (default: the '
                              'config\'s; --norenoise is the paper\'s ablation).')
@@ -285,6 +288,11 @@ def main(argv):
   with config.unlocked():
     if _GUIDANCE.value is not None:
       config.sample.guidance_scale = _GUIDANCE.value
+    if _VIDEO_GUIDANCE.value is not None:
+      if not config.temporal.autoregressive:
+        raise ValueError('--video_guidance_scale is for autoregressive models (the frames after '
+                         'the first); this one samples whole clips with --guidance_scale')
+      config.sample.video_guidance_scale = _VIDEO_GUIDANCE.value
     if _STEPS.value is not None:
       config.sample.steps_per_stage = tuple(int(s) for s in _STEPS.value)
     if _RENOISE.value is not None:
@@ -331,7 +339,7 @@ def main(argv):
                   conditioning=caption_ablation(config, graphdef, params, test[:n], captions))
     out = storage.path(workdir) / 'eval' / reports.report_name(
         step, _TASK.value, _NUM_FRAMES.value, _STEPS.value and config.sample.steps_per_stage,
-        _GUIDANCE.value, _RENOISE.value, _SEED.value)
+        _GUIDANCE.value, _RENOISE.value, _SEED.value, _VIDEO_GUIDANCE.value)
   with storage.local_file(out.parent / f'{out.name}.png') as grid:
     grid_lib.write_scored_grid(grid, videos[:GRID_ROWS], _labels(captions[:GRID_ROWS], scores))
   storage.write_text_atomic(out.parent / f'{out.name}.json', json.dumps(report, indent=1))

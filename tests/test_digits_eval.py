@@ -182,7 +182,8 @@ def test_evaluate_scores_a_folder_of_videos_like_the_real_clips(tiny_workdir, da
 
 
 @pytest.mark.parametrize('case', ['too_few', 'too_few_for_fvd', 'unknown_metric',
-                                  'no_checkpoint', 'unreadable', 'mis_sized'])
+                                  'video_guidance_of_whole_clips', 'no_checkpoint',
+                                  'unreadable', 'mis_sized'])
 def test_evaluate_bad_input_is_one_line_and_writes_nothing(case, tiny_workdir, tmp_path):
   args = [f'--workdir={tiny_workdir}', f'--num_samples={N}', f'--scorer_steps={SHORT_STEPS}']
   if case == 'too_few':
@@ -193,6 +194,9 @@ def test_evaluate_bad_input_is_one_line_and_writes_nothing(case, tiny_workdir, t
   elif case == 'unknown_metric':
     args.append('--metrics=digits,fid')
     message = "--metrics: unknown ['fid']"
+  elif case == 'video_guidance_of_whole_clips':
+    args.append('--video_guidance_scale=2')
+    message = '--video_guidance_scale is for autoregressive models'
   elif case == 'no_checkpoint':
     empty = tmp_path / 'empty'
     empty.mkdir()
@@ -220,3 +224,15 @@ def test_caption_parser_round_trips_the_dataset_captions():
   assert moving_digits.caption_of([0, 1], [1, 2]) == 'a 0 moving right and a 1 moving up'
   with pytest.raises(ValueError, match='not of the form'):
     digits.parse_caption('a cat', 2)
+
+
+def test_report_names_keep_every_sampling_setting_apart():
+  from pflow_jax.eval import reports
+  name = lambda **kw: reports.report_name(**{**dict(
+      step=10, task='t2v', num_frames=None, steps_per_stage=None, guidance=None, renoise=None,
+      seed=0), **kw})
+  names = [name(), name(task='i2v'), name(num_frames=16), name(steps_per_stage=(1, 1, 1)),
+           name(guidance=6.0), name(video_guidance=6.0), name(guidance=6.0, video_guidance=2.5),
+           name(renoise=False), name(seed=1)]
+  assert names[0] == '10' and len(set(names)) == len(names), names
+  assert names[6] == '10_cfg6_videocfg2.5'

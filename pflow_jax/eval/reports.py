@@ -12,7 +12,7 @@ from pflow_jax.training import flops
 
 
 def report_name(step: int, task: str, num_frames: int | None, steps_per_stage, guidance,
-                renoise: bool | None, seed: int) -> str:
+                renoise: bool | None, seed: int, video_guidance: float | None = None) -> str:
   """'<step>' plus one part per setting that differs from the config's, so that
   evaluations of one checkpoint with other sampling settings never overwrite each other."""
   parts = [str(step)]
@@ -22,6 +22,8 @@ def report_name(step: int, task: str, num_frames: int | None, steps_per_stage, g
     parts.append('steps' + '-'.join(map(str, steps_per_stage)))
   if guidance is not None:
     parts.append(f'cfg{guidance:g}')
+  if video_guidance is not None:
+    parts.append(f'videocfg{video_guidance:g}')
   if renoise is not None:
     parts.append('renoise' if renoise else 'norenoise')
   if seed:
