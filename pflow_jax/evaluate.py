@@ -25,7 +25,8 @@ FLOPs per clip (training/flops.py).
 the files are .mp4, .gif or .npy uint8 [T, H, W(, C)]) instead of sampling; the
 report goes to DIR/eval.json. --task=i2v gives the model the first frame of each
 test clip (autoregressive models only) and also reports how often the last
-frame shows the given frame's digits.
+frame shows the given frame's digits. A model trained on stored latents (`encode`)
+is scored against the videos its latents were encoded from.
 
 --metrics=digits,fvd adds FVD (eval/i3d.py: Kinetics-400 I3D logits, 16 frames at
 224 px) to each row, against the whole test split; the real row's FVD is that of
@@ -48,7 +49,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from pflow_jax import checkpoint, cli, config as config_lib, inference, restore, storage
-from pflow_jax.data import datasets, pipeline, video_io
+from pflow_jax.data import datasets, latent_dataset, pipeline, video_io
 from pflow_jax.eval import conditioning
 from pflow_jax.eval import digits as digits_lib
 from pflow_jax.eval import frechet, i3d
@@ -297,6 +298,8 @@ def main(argv):
       config.sample.steps_per_stage = tuple(int(s) for s in _STEPS.value)
     if _RENOISE.value is not None:
       config.sample.renoise = _RENOISE.value
+    # A model trained on stored latents is scored against the videos they came from.
+    config.data = latent_dataset.source_videos_data(config.data)
   config_lib.validate(config)
   n = _NUM_SAMPLES.value
   unknown = sorted(set(_METRICS.value) - set(METRICS))

@@ -373,6 +373,25 @@ def test_latent_dataset_mismatch_is_an_error(vae_run, tmp_path):
     latent_dataset.check_compatible(out, (2, 8, 8, 4), {**norm, 'video_scale': 3.0})
 
 
+def test_a_latent_dataset_leads_back_to_the_videos_it_was_encoded_from(vae_run, tmp_path):
+  """evaluate scores a model trained on stored latents against their source videos."""
+  config = _dit_config_on(vae_run, vae_run[1].data.data_dir)
+  out = str(tmp_path / 'latents')
+  encode_lib.encode_dataset(config, out, ['test'], part_size=64, batch_size=8)
+  on_latents = config_lib.ml_collections.ConfigDict(config.data.to_dict())
+  on_latents.update(name='latents', latent_dir=out, global_batch_size=5)
+  source = latent_dataset.source_videos_data(on_latents)
+  assert source.name == 'moving_digits' and source.global_batch_size == 5
+  assert latent_dataset.source_videos_data(config.data) is config.data
+  videos, again = datasets.source(config, 'test'), datasets.source(
+      config_lib.ml_collections.ConfigDict({**config.to_dict(), 'data': source.to_dict()}),
+      'test')
+  assert len(again) == len(videos) == 16
+  for i in (0, 15):
+    np.testing.assert_array_equal(again[i]['video'], videos[i]['video'])
+    assert again[i]['caption'] == videos[i]['caption']
+
+
 def test_learning_rate_decays_over_the_run_and_overrides_stay_independent():
   """decay_steps -1 is the cosine over the run's steps after warm-up, D = num_steps - warmup:
   the unit-gradient update (b1 = b2 = 0) is lr (1 + cos(pi s / D)) / 2; setting one field

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from array_record.python import array_record_module
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -139,6 +140,17 @@ def check_compatible(out_dir: str, latent_shape: tuple[int, ...],
     raise ValueError(f'latent dataset {out_dir} was normalised with {stored}, but the VAE '
                      f'codec now uses {dict(normalisation)}: samples would be decoded wrongly. '
                      'Re-encode it with `python -m pflow_jax.encode`.')
+
+
+def source_videos_data(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """For a `data` section that reads a latent dataset, the section of the videos its latents
+  were encoded from (kept in the dataset's info), at the same batch size; any other section
+  as it is."""
+  if data.name != DATASET_NAME:
+    return data
+  source = ml_collections.ConfigDict(read_info(data.latent_dir)['data'])
+  source.global_batch_size = data.global_batch_size
+  return source
 
 
 def load(out_dir: str, split: str):
