@@ -17,8 +17,8 @@ shuffled captions and the empty caption.
 Writes <workdir>/eval/<name>.json and a PNG of the first 16 samples with their
 verdicts, both only when everything has been scored; <name> is the checkpoint
 step plus each setting given that differs from the config's (e.g.
-2400_steps10-10-10_norenoise), so other sampling settings never overwrite a
-report. The report holds the training FLOPs to that step and the sampling
+2400_steps10-10-10_norenoise), and the clip count and FVD when not the default
+(2400_n400_fvd), so other settings never overwrite a report. The report holds the training FLOPs to that step and the sampling
 FLOPs per clip (training/flops.py).
 
 --videos=DIR scores DIR/captions.jsonl ({"file": ..., "caption": ...} per line;
@@ -58,7 +58,8 @@ from pflow_jax.eval import reports
 from pflow_jax.models import latent_codec
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/).')
-_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 256, 'Clips to generate and score.')
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', reports.DEFAULT_NUM_SAMPLES,
+                                    'Clips to generate and score.')
 _BATCH = flags.DEFINE_integer('batch_size', 32, 'Clips generated per call.')
 _TASK = flags.DEFINE_enum('task', 't2v', ['t2v', 'i2v'], 'Text-to-video, or image-to-video '
                           'from the test clips\' first frames.')
@@ -342,7 +343,8 @@ def main(argv):
                   conditioning=caption_ablation(config, graphdef, params, test[:n], captions))
     out = storage.path(workdir) / 'eval' / reports.report_name(
         step, _TASK.value, _NUM_FRAMES.value, _STEPS.value and config.sample.steps_per_stage,
-        _GUIDANCE.value, _RENOISE.value, _SEED.value, _VIDEO_GUIDANCE.value)
+        _GUIDANCE.value, _RENOISE.value, _SEED.value, _VIDEO_GUIDANCE.value,
+        num_samples=None if n == reports.DEFAULT_NUM_SAMPLES else n, fvd=with_fvd)
   with storage.local_file(out.parent / f'{out.name}.png') as grid:
     grid_lib.write_scored_grid(grid, videos[:GRID_ROWS], _labels(captions[:GRID_ROWS], scores))
   storage.write_text_atomic(out.parent / f'{out.name}.json', json.dumps(report, indent=1))

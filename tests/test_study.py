@@ -64,6 +64,10 @@ def test_sweep_evaluate_commands_name_the_reports_evaluate_writes(tmp_path):
                              '--num_samples=256', '--step=1200']
   assert commands[2][-1] == '--steps_per_stage=5,5,5' and commands[4][-1] == '--norenoise'
   assert sweep.run_name(REPRO, overrides) == 'stages=3_seed=0'
+  jobs = sweep.evaluate_commands(REPRO, overrides, run_dir, [
+      '--num_samples=400', '--metrics=digits,fvd', '--guidance_scale=6',
+      '--video_guidance_scale=2'])
+  assert os.path.relpath(jobs[0][0], run_dir) == 'eval/1200_cfg6_videocfg2_n400_fvd.json'
 
 
 def test_sweep_dry_run_prints_training_and_evaluation(tmp_path):

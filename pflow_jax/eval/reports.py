@@ -11,10 +11,15 @@ import ml_collections
 from pflow_jax.training import flops
 
 
+DEFAULT_NUM_SAMPLES = 256  # evaluate's --num_samples; other counts are named in the report
+
+
 def report_name(step: int, task: str, num_frames: int | None, steps_per_stage, guidance,
-                renoise: bool | None, seed: int, video_guidance: float | None = None) -> str:
-  """'<step>' plus one part per setting that differs from the config's, so that
-  evaluations of one checkpoint with other sampling settings never overwrite each other."""
+                renoise: bool | None, seed: int, video_guidance: float | None = None,
+                num_samples: int | None = None, fvd: bool = False) -> str:
+  """'<step>' plus one part per setting that differs from the config's (and from evaluate's
+  default clip count and metrics), so that evaluations of one checkpoint with other settings
+  never overwrite each other."""
   parts = [str(step)]
   if task != 't2v' or num_frames:
     parts.append(f'{task}{num_frames or ""}')
@@ -28,6 +33,10 @@ def report_name(step: int, task: str, num_frames: int | None, steps_per_stage, g
     parts.append('renoise' if renoise else 'norenoise')
   if seed:
     parts.append(f'seed{seed}')
+  if num_samples is not None:
+    parts.append(f'n{num_samples}')
+  if fvd:
+    parts.append('fvd')
   return '_'.join(parts)
 
 
