@@ -105,7 +105,6 @@ def evaluate_commands(sweep_path: str, overrides: dict, run_dir: str,
   for step, extra in jobs:
     args = eval_args + extra
     per_stage = _flag(args, 'steps_per_stage')
-    num_samples = int(_flag(args, 'num_samples') or reports.DEFAULT_NUM_SAMPLES)
     name = reports.report_name(
         step, _flag(args, 'task') or 't2v', int(_flag(args, 'num_frames') or 0) or None,
         per_stage and per_stage.split(','),
@@ -113,7 +112,7 @@ def evaluate_commands(sweep_path: str, overrides: dict, run_dir: str,
         _flag(args, 'renoise'), int(_flag(args, 'seed') or 0),
         None if _flag(args, 'video_guidance_scale') is None
         else float(_flag(args, 'video_guidance_scale')),
-        None if num_samples == reports.DEFAULT_NUM_SAMPLES else num_samples,
+        int(_flag(args, 'num_samples') or reports.DEFAULT_NUM_SAMPLES),
         'fvd' in (_flag(args, 'metrics') or '').split(','))
     result.append((os.path.join(run_dir, 'eval', name + '.json'),
                    [sys.executable, '-m', 'pflow_jax.evaluate', f'--workdir={run_dir}', *args]))

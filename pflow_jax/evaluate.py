@@ -18,8 +18,8 @@ Writes <workdir>/eval/<name>.json and a PNG of the first 16 samples with their
 verdicts, both only when everything has been scored; <name> is the checkpoint
 step plus each setting given that differs from the config's (e.g.
 2400_steps10-10-10_norenoise), and the clip count and FVD when not the default
-(2400_n400_fvd), so other settings never overwrite a report. The report holds the training FLOPs to that step and the sampling
-FLOPs per clip (training/flops.py).
+(2400_n400_fvd), so other settings never overwrite a report. The report holds the
+training FLOPs to that step and the sampling FLOPs per clip (training/flops.py).
 
 --videos=DIR scores DIR/captions.jsonl ({"file": ..., "caption": ...} per line;
 the files are .mp4, .gif or .npy uint8 [T, H, W(, C)]) instead of sampling; the
@@ -344,7 +344,7 @@ def main(argv):
     out = storage.path(workdir) / 'eval' / reports.report_name(
         step, _TASK.value, _NUM_FRAMES.value, _STEPS.value and config.sample.steps_per_stage,
         _GUIDANCE.value, _RENOISE.value, _SEED.value, _VIDEO_GUIDANCE.value,
-        num_samples=None if n == reports.DEFAULT_NUM_SAMPLES else n, fvd=with_fvd)
+        num_samples=n, fvd=with_fvd)
   with storage.local_file(out.parent / f'{out.name}.png') as grid:
     grid_lib.write_scored_grid(grid, videos[:GRID_ROWS], _labels(captions[:GRID_ROWS], scores))
   storage.write_text_atomic(out.parent / f'{out.name}.json', json.dumps(report, indent=1))

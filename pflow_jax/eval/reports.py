@@ -16,7 +16,7 @@ DEFAULT_NUM_SAMPLES = 256  # evaluate's --num_samples; other counts are named in
 
 def report_name(step: int, task: str, num_frames: int | None, steps_per_stage, guidance,
                 renoise: bool | None, seed: int, video_guidance: float | None = None,
-                num_samples: int | None = None, fvd: bool = False) -> str:
+                num_samples: int = DEFAULT_NUM_SAMPLES, fvd: bool = False) -> str:
   """'<step>' plus one part per setting that differs from the config's (and from evaluate's
   default clip count and metrics), so that evaluations of one checkpoint with other settings
   never overwrite each other."""
@@ -33,7 +33,7 @@ def report_name(step: int, task: str, num_frames: int | None, steps_per_stage, g
     parts.append('renoise' if renoise else 'norenoise')
   if seed:
     parts.append(f'seed{seed}')
-  if num_samples is not None:
+  if num_samples != DEFAULT_NUM_SAMPLES:
     parts.append(f'n{num_samples}')
   if fvd:
     parts.append('fvd')
