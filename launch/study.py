@@ -4,10 +4,13 @@ r"""Tables and plots of a sweep's evaluations: mean and spread over seeds.
 
 reads every run under --workdir (its config.json, metrics.jsonl and the
 eval/*.json reports that `python -m pflow_jax.evaluate` wrote), groups the
-reports by (pyramid stages, checkpoint step, sampling settings) and writes
+reports by (pyramid stages, checkpoint step, sampling settings, clip count and
+whether FVD was measured) and writes
   <out>.json     one row per group: mean, std and per-seed values of each metric;
-  <out>.md       the same as a markdown table, and the paper's claim checked (`claim`);
-  <out>_training.png   Frechet distance and motion/prompt accuracy against training FLOPs;
+  <out>.md       the same as a markdown table, and the paper's claim checked (`claim`)
+                 within each clip count;
+  <out>_training.png   Frechet distance, motion/prompt accuracy and (where measured) FVD
+                       against training FLOPs;
   <out>_sampling.png   the same against sampling FLOPs per clip (last checkpoints).
 Error bars are the standard deviation over seeds (ddof=1).
 """

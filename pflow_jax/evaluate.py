@@ -17,8 +17,8 @@ shuffled captions and the empty caption.
 Writes <workdir>/eval/<name>.json and a PNG of the first 16 samples with their
 verdicts, both only when everything has been scored; <name> is the checkpoint
 step plus each setting given that differs from the config's (e.g.
-2400_steps10-10-10_norenoise), and the clip count and FVD when not the default
-(2400_n400_fvd), so other settings never overwrite a report. The report holds the
+2400_steps10-10-10_norenoise), and the clip count, FVD and a short scorer when not
+the default (2400_n400_fvd), so other settings never overwrite a report. The report holds the
 training FLOPs to that step and the sampling FLOPs per clip (training/flops.py).
 
 --videos=DIR scores DIR/captions.jsonl ({"file": ..., "caption": ...} per line;
@@ -78,7 +78,8 @@ _RENOISE = flags.DEFINE_bool('renoise', None, 'Corrective noise at stage jumps (
 _SCORER_DIR = flags.DEFINE_string('scorer_dir', None, 'Root of the digit-scorer and I3D-feature '
                                   'caches (default: the config\'s data.data_dir).')
 _SCORER_STEPS = flags.DEFINE_integer('scorer_steps', None, 'Train the digit scorer for this many '
-                                     'steps (smoke tests; default: the scorer\'s own).')
+                                     'steps (smoke tests, named in the report; default: the '
+                                     'scorer\'s own).')
 _METRICS = flags.DEFINE_list('metrics', ['digits'], 'digits (always) and optionally fvd.')
 flags.mark_flags_as_required(['workdir'])
 
@@ -344,7 +345,7 @@ def main(argv):
     out = storage.path(workdir) / 'eval' / reports.report_name(
         step, _TASK.value, _NUM_FRAMES.value, _STEPS.value and config.sample.steps_per_stage,
         _GUIDANCE.value, _RENOISE.value, _SEED.value, _VIDEO_GUIDANCE.value,
-        num_samples=n, fvd=with_fvd)
+        num_samples=n, fvd=with_fvd, scorer_steps=_SCORER_STEPS.value)
   with storage.local_file(out.parent / f'{out.name}.png') as grid:
     grid_lib.write_scored_grid(grid, videos[:GRID_ROWS], _labels(captions[:GRID_ROWS], scores))
   storage.write_text_atomic(out.parent / f'{out.name}.json', json.dumps(report, indent=1))

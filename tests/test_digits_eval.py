@@ -122,14 +122,14 @@ def test_evaluate_writes_the_report_and_grid(tiny_workdir):
   code, out = run('pflow_jax.evaluate', f'--workdir={tiny_workdir}', f'--num_samples={N}',
                   '--batch_size=32', f'--scorer_steps={SHORT_STEPS}')
   assert code == 0, out
-  with open(os.path.join(tiny_workdir, 'eval', f'2_n{N}.json')) as f:
+  with open(os.path.join(tiny_workdir, 'eval', f'2_n{N}_scorer{SHORT_STEPS}.json')) as f:
     report = json.load(f)
   rows = report['rows']
   assert set(rows) == {'generated', 'real_test_clips', 'uniform_noise'}
   assert rows['real_test_clips']['prompt_accuracy'] >= 0.6
   assert rows['uniform_noise']['prompt_accuracy'] < 0.1
   assert rows['real_test_clips']['frechet_distance'] < rows['uniform_noise']['frechet_distance']
-  assert os.path.getsize(os.path.join(tiny_workdir, 'eval', f'2_n{N}.png')) > 0
+  assert os.path.getsize(os.path.join(tiny_workdir, 'eval', f'2_n{N}_scorer{SHORT_STEPS}.png')) > 0
   ablation = report['conditioning']
   assert set(ablation) == {'own', 'shuffled', 'empty', 'text_gain'}
   assert all(len(v) == 3 and np.all(np.isfinite(v)) for v in ablation.values())
@@ -143,12 +143,12 @@ def test_evaluate_with_other_sampling_settings_writes_beside_the_default_report(
           f'--scorer_steps={SHORT_STEPS}')
   code, out = run('pflow_jax.evaluate', *args)
   assert code == 0, out
-  default = os.path.join(tiny_workdir, 'eval', f'2_n{N}.json')
+  default = os.path.join(tiny_workdir, 'eval', f'2_n{N}_scorer{SHORT_STEPS}.json')
   before = open(default).read()
   code, out = run('pflow_jax.evaluate', *args, '--steps_per_stage=1,1,1', '--norenoise')
   assert code == 0, out
   assert open(default).read() == before
-  with open(os.path.join(tiny_workdir, 'eval', f'2_steps1-1-1_norenoise_n{N}.json')) as f:
+  with open(os.path.join(tiny_workdir, 'eval', f'2_steps1-1-1_norenoise_n{N}_scorer{SHORT_STEPS}.json')) as f:
     ablated = json.load(f)
   reference = json.loads(before)
   assert ablated['sample']['renoise'] is False and reference['sample']['renoise'] is True
@@ -233,7 +233,9 @@ def test_report_names_keep_every_sampling_setting_apart():
       seed=0), **kw})
   names = [name(), name(task='i2v'), name(num_frames=16), name(steps_per_stage=(1, 1, 1)),
            name(guidance=6.0), name(video_guidance=6.0), name(guidance=6.0, video_guidance=2.5),
-           name(renoise=False), name(seed=1), name(num_samples=400), name(fvd=True)]
+           name(renoise=False), name(seed=1), name(num_samples=400), name(fvd=True),
+           name(scorer_steps=100)]
   assert names[0] == '10' and len(set(names)) == len(names), names
   assert names[6] == '10_cfg6_videocfg2.5'
   assert name(seed=1, num_samples=400, fvd=True) == '10_seed1_n400_fvd'
+  assert name(scorer_steps=100) == '10_scorer100'

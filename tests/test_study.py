@@ -20,9 +20,10 @@ def _sweep_module():
   return sweep
 
 
-def _fake_run(run_dir, stages, seed, steps, reports, temporal=None):
+def _fake_run(run_dir, stages, seed, steps, reports, temporal=None, num_samples=256, fvd=None):
   """A trained run as the trainer and evaluate leave it; reports: (step, steps_per_stage,
-  renoise, prompt acc., motion acc., Frechet)."""
+  renoise, prompt acc., motion acc., Frechet); fvd: a function of the Frechet distance giving
+  each report's FVD (evaluate --metrics=digits,fvd), None for reports without."""
   for step in steps:
     os.makedirs(os.path.join(run_dir, 'checkpoints', str(step)))
   with open(os.path.join(run_dir, 'config.json'), 'w') as f:
@@ -33,7 +34,7 @@ def _fake_run(run_dir, stages, seed, steps, reports, temporal=None):
       f.write(json.dumps({'step': step, 'loss': 1.0, 'steps_per_sec': 2.0}) + '\n')
   os.makedirs(os.path.join(run_dir, 'eval'))
   for step, per_stage, renoise, prompt, motion, frechet in reports:
-    report = {'step': step, 'task': 't2v', 'num_samples': 256,
+    report = {'step': step, 'task': 't2v', 'num_samples': num_samples,
               'sample': {'steps_per_stage': per_stage, 'guidance_scale': 4.0,
                          'renoise': renoise},
               'compute': {'train_flops': 1e9 * step * (2 if stages == 1 else 1),
@@ -42,7 +43,11 @@ def _fake_run(run_dir, stages, seed, steps, reports, temporal=None):
                                      'temporal_consistency': 1.0,
                                      'frechet_distance': frechet},
                        'real_test_clips': {'frechet_distance': 7.0}}}
-    name = f"{step}_{'-'.join(map(str, per_stage))}_{renoise}"
+    name = f"{step}_{'-'.join(map(str, per_stage))}_{renoise}_n{num_samples}"
+    if fvd is not None:
+      report['rows']['generated']['fvd'] = fvd(frechet)
+      report['rows']['real_test_clips']['fvd'] = 12.0
+      name += '_fvd'
     with open(os.path.join(run_dir, 'eval', name + '.json'), 'w') as f:
       json.dump(report, f)
 
@@ -66,8 +71,8 @@ def test_sweep_evaluate_commands_name_the_reports_evaluate_writes(tmp_path):
   assert sweep.run_name(REPRO, overrides) == 'stages=3_seed=0'
   jobs = sweep.evaluate_commands(REPRO, overrides, run_dir, [
       '--num_samples=400', '--metrics=digits,fvd', '--guidance_scale=6',
-      '--video_guidance_scale=2'])
-  assert os.path.relpath(jobs[0][0], run_dir) == 'eval/1200_cfg6_videocfg2_n400_fvd.json'
+      '--video_guidance_scale=2', '--scorer_steps=50'])
+  assert os.path.relpath(jobs[0][0], run_dir) == 'eval/1200_cfg6_videocfg2_n400_fvd_scorer50.json'
 
 
 def test_sweep_dry_run_prints_training_and_evaluation(tmp_path):
@@ -147,7 +152,8 @@ def test_study_cli_writes_table_json_and_plots(tmp_path):
                           timeout=120)
   assert result.returncode == 0, result.stderr
   table = (tmp_path / 'docs' / 'study.md').read_text()
-  assert '| 1 | - | 100 | 60 | on | 3 |' in table and '| training <= 0.5x | 0.500 |' in table
+  assert '| 1 | - | 100 | 60 | on | 3 | 256 |' in table
+  assert '| training <= 0.5x | 256 | 0.500 |' in table
   assert json.loads((tmp_path / 'docs' / 'study.json').read_text())['claim']
   for suffix in ('_training.png', '_sampling.png'):
     assert (tmp_path / 'docs' / f'study{suffix}').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
@@ -179,3 +185,43 @@ def test_study_refuses_an_empty_sweep_and_two_reports_for_one_seed(tmp_path):
   _fake_run(tmp_path / 'b', 1, 0, (100,), [(100, [60], True, 0.2, 0.2, 20.0)])
   with pytest.raises(ValueError, match='two reports for one seed'):
     study.summarise(study.load_reports(str(tmp_path)))
+
+
+def test_study_keeps_clip_counts_and_fvd_apart(tmp_path):
+  """A sweep scored twice, at 256 clips and at 400 clips with FVD (evaluate writes both
+  reports side by side): each protocol gets its own rows and claim check, never averaged."""
+  values = _study_workdir(tmp_path)
+  for seed, (prompt, motion, frechet) in values.items():
+    for stages, per_stage, step in ((1, [60], 100), (3, [20, 20, 20], 200)):
+      _fake_run(tmp_path / f'stages={stages}_seed={seed}_n400', stages, seed, (step,),
+                [(step, per_stage, True, prompt + 0.05, motion, frechet + 1)],
+                num_samples=400, fvd=lambda f, stages=stages: 10 * f + stages)
+  rows = study.summarise(study.load_reports(str(tmp_path)))
+  assert len(rows) == 8
+  k1 = [r for r in rows if r['stages'] == 1 and r['step'] == 100
+        and r['steps_per_stage'] == [60]]
+  assert sorted(r['num_samples'] for r in k1) == [256, 400]
+  k1_256, k1_400 = sorted(k1, key=lambda r: r['num_samples'])
+  assert k1_256['fvd'] is None and k1_256['seeds'] == k1_400['seeds'] == [0, 1, 2]
+  frechets = [values[s][2] for s in (0, 1, 2)]
+  assert k1_256['frechet_distance']['values'] == frechets
+  assert k1_400['frechet_distance']['values'] == [f + 1 for f in frechets]
+  assert k1_400['fvd']['values'] == [10 * (f + 1) + 1 for f in frechets]
+  assert k1_400['real_fvd']['mean'] == 12.0
+
+  checks = study.claim(rows)
+  assert [(c['num_samples'], c['compute']) for c in checks] == [
+      (256, 'training'), (256, 'sampling'), (400, 'sampling')]  # K = 3 at 400 clips: 0.5x only
+  assert 'fvd' not in checks[0]
+  assert checks[2]['fvd']['pyramid']['values'] == [10 * (f + 1) + 3 for f in frechets]
+  assert checks[2]['prompt_accuracy']['baseline']['mean'] == pytest.approx(
+      np.mean([values[s][0] + 0.05 for s in (0, 1, 2)]))
+  table = study.markdown(rows)
+  assert '| 1 | - | 100 | 60 | on | 3 | 400 |' in table
+  assert '| 1 | - | 100 | 60 | on | 3 | 256 |' in table
+  assert table.count('| - |\n') == 6  # the six 256-clip rows have no FVD
+  assert '| sampling <= 0.45x | 400 | 0.111 | fvd |' in study.claim_markdown(checks)
+  out = str(tmp_path / 'study')
+  study.write_study(str(tmp_path), out)
+  for suffix in ('_training.png', '_sampling.png'):
+    assert open(out + suffix, 'rb').read()[:8] == b'\x89PNG\r\n\x1a\n'

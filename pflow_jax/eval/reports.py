@@ -16,10 +16,11 @@ DEFAULT_NUM_SAMPLES = 256  # evaluate's --num_samples; other counts are named in
 
 def report_name(step: int, task: str, num_frames: int | None, steps_per_stage, guidance,
                 renoise: bool | None, seed: int, video_guidance: float | None = None,
-                num_samples: int = DEFAULT_NUM_SAMPLES, fvd: bool = False) -> str:
+                num_samples: int = DEFAULT_NUM_SAMPLES, fvd: bool = False,
+                scorer_steps: int | None = None) -> str:
   """'<step>' plus one part per setting that differs from the config's (and from evaluate's
-  default clip count and metrics), so that evaluations of one checkpoint with other settings
-  never overwrite each other."""
+  default clip count, metrics and scorer), so that evaluations of one checkpoint with other
+  settings never overwrite each other."""
   parts = [str(step)]
   if task != 't2v' or num_frames:
     parts.append(f'{task}{num_frames or ""}')
@@ -37,6 +38,8 @@ def report_name(step: int, task: str, num_frames: int | None, steps_per_stage, g
     parts.append(f'n{num_samples}')
   if fvd:
     parts.append('fvd')
+  if scorer_steps is not None:
+    parts.append(f'scorer{scorer_steps}')
   return '_'.join(parts)
 
 

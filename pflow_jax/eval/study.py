@@ -17,6 +17,7 @@ from pflow_jax import storage
 
 METRICS = ('prompt_accuracy', 'motion_accuracy', 'temporal_consistency', 'frechet_distance')
 COMPUTE = ('train_flops', 'sample_flops_per_clip', 'train_seconds')
+FVD = 'fvd'  # measured only by `evaluate --metrics=digits,fvd`: None in the other reports
 
 
 def training_seconds(run_dir: str | os.PathLike, step: int) -> float:
@@ -64,9 +65,11 @@ def load_reports(workdir: str) -> list[dict]:
           'guidance_scale': sample['guidance_scale'], 'renoise': sample.get('renoise', True),
           'num_samples': report['num_samples'],
           **{m: generated[m] for m in METRICS},
+          FVD: generated.get(FVD),
           **report['compute'],
           'train_seconds': training_seconds(run_dir, report['step']),
           'real_frechet_distance': report['rows']['real_test_clips']['frechet_distance'],
+          'real_fvd': report['rows']['real_test_clips'].get(FVD),
       })
   if not records:
     raise FileNotFoundError(f'no evaluation reports under {workdir}/*/eval/')
@@ -80,24 +83,33 @@ def _stats(values: list[float]) -> dict:
           'values': values}
 
 
+def protocol(row: dict) -> tuple[int, bool]:
+  """How a report was measured: its clip count and whether it has FVD. Reports of one
+  checkpoint under two protocols are kept apart, never averaged or compared."""
+  return row['num_samples'], row[FVD] is not None
+
+
 def summarise(records: list[dict]) -> list[dict]:
-  """Groups records by setting; mean, std and values over seeds of each metric."""
+  """Groups records by setting and protocol; mean, std and values over seeds of each metric
+  (FVD and its real-data reference None where the group's reports did not measure it)."""
   groups = collections.defaultdict(list)
   for r in records:
     groups[(r['stages'], r['history'], r['step'], r['task'], r['steps_per_stage'],
-            r['guidance_scale'], r['renoise'])].append(r)
+            r['guidance_scale'], r['renoise'], *protocol(r))].append(r)
   rows = []
   for key in sorted(groups):
     members = sorted(groups[key], key=lambda r: r['seed'])
     seeds = [r['seed'] for r in members]
     if len(set(seeds)) != len(seeds):
       raise ValueError(f'setting {key} has two reports for one seed: {seeds}')
-    stages, history, step, task, per_stage, guidance, renoise = key
+    stages, history, step, task, per_stage, guidance, renoise, num_samples, with_fvd = key
     rows.append({'stages': stages, 'history': history, 'step': step, 'task': task,
                  'steps_per_stage': list(per_stage), 'guidance_scale': guidance,
-                 'renoise': renoise, 'seeds': seeds,
+                 'renoise': renoise, 'num_samples': num_samples, 'seeds': seeds,
                  **{m: _stats([r[m] for r in members]) for m in METRICS + COMPUTE},
-                 'real_frechet_distance': _stats([r['real_frechet_distance'] for r in members])})
+                 'real_frechet_distance': _stats([r['real_frechet_distance'] for r in members]),
+                 **{m: _stats([r[m] for r in members]) if with_fvd else None
+                    for m in (FVD, 'real_fvd')}})
   return rows
 
 
@@ -118,12 +130,19 @@ def _default_sampling(row: dict, rows: list[dict]) -> bool:
 
 
 def claim(rows: list[dict]) -> list[dict]:
-  """The paper's efficiency claim, checked: the largest K at <= 0.5x the training FLOPs and
-  at <= 0.45x the sampling FLOPs of K = 1 (its last checkpoint, default sampling), each
-  against that K = 1 row."""
+  """The paper's efficiency claim, checked within each protocol (clip count, FVD or not):
+  the largest K at <= 0.5x the training FLOPs and at <= 0.45x the sampling FLOPs of K = 1
+  (its last checkpoint, default sampling), each against that K = 1 row."""
+  result = []
+  for measured in sorted({protocol(r) for r in rows}):
+    result += _claim_within([r for r in rows if protocol(r) == measured])
+  return result
+
+
+def _claim_within(rows: list[dict]) -> list[dict]:
   t2v = [r for r in rows if r['task'] == 't2v']
   baselines = [r for r in t2v if r['stages'] == 1 and _default_sampling(r, rows)]
-  top = max(r['stages'] for r in t2v)
+  top = max((r['stages'] for r in t2v), default=1)
   if not baselines or top == 1:
     return []
   base = max(baselines, key=lambda r: r['step'])
@@ -132,6 +151,7 @@ def claim(rows: list[dict]) -> list[dict]:
   candidates = {
       'training': ([r for r in pyramid if _default_sampling(r, rows)], 'train_flops', 0.5),
       'sampling': ([r for r in pyramid if r['step'] == last], 'sample_flops_per_clip', 0.45)}
+  metrics = METRICS + ((FVD,) if base[FVD] is not None else ())
   result = []
   for what, (chosen, key, bound) in candidates.items():
     within = [r for r in chosen if r[key]['mean'] <= bound * base[key]['mean'] * (1 + 1e-3)]
@@ -140,68 +160,87 @@ def claim(rows: list[dict]) -> list[dict]:
     best = max(within, key=lambda r: r[key]['mean'])  # the most compute within the bound
     result.append({
         'compute': what, 'bound': bound, 'ratio': best[key]['mean'] / base[key]['mean'],
+        'num_samples': base['num_samples'],
         'pyramid': {'stages': top, 'step': best['step'],
                     'steps_per_stage': best['steps_per_stage']},
         'baseline': {'stages': 1, 'step': base['step'], 'steps_per_stage': base['steps_per_stage']},
-        **{m: {'pyramid': best[m], 'baseline': base[m]} for m in METRICS}})
+        **{m: {'pyramid': best[m], 'baseline': base[m]} for m in metrics}})
   return result
 
 
-def markdown(rows: list[dict]) -> str:
-  def cell(stat, digits):
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+def _cell(stat: dict | None, digits: int) -> str:
+  return '-' if stat is None else f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
-  lines = ['| K | history | step | Euler steps | renoise | seeds | train TFLOPs | train min | '
-           'sample GFLOPs/clip | prompt acc. | motion acc. | consistency | Frechet |',
-           '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+
+def markdown(rows: list[dict]) -> str:
+  lines = ['| K | history | step | Euler steps | renoise | seeds | clips | train TFLOPs | '
+           'train min | sample GFLOPs/clip | prompt acc. | motion acc. | consistency | '
+           'Frechet | FVD |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
   for r in rows:
     lines.append(
         f"| {r['stages']} | {r['history']} | {r['step']} | "
         f"{'+'.join(map(str, r['steps_per_stage']))} | "
-        f"{'on' if r['renoise'] else 'off'} | {len(r['seeds'])} | "
+        f"{'on' if r['renoise'] else 'off'} | {len(r['seeds'])} | {r['num_samples']} | "
         f"{r['train_flops']['mean'] / 1e12:.1f} | {r['train_seconds']['mean'] / 60:.1f} | "
-        f"{r['sample_flops_per_clip']['mean'] / 1e9:.2f} | {cell(r['prompt_accuracy'], 3)} | "
-        f"{cell(r['motion_accuracy'], 3)} | {cell(r['temporal_consistency'], 3)} | "
-        f"{cell(r['frechet_distance'], 1)} |")
+        f"{r['sample_flops_per_clip']['mean'] / 1e9:.2f} | {_cell(r['prompt_accuracy'], 3)} | "
+        f"{_cell(r['motion_accuracy'], 3)} | {_cell(r['temporal_consistency'], 3)} | "
+        f"{_cell(r['frechet_distance'], 1)} | {_cell(r[FVD], 1)} |")
   return '\n'.join(lines) + '\n'
 
 
 def claim_markdown(checks: list[dict]) -> str:
-  lines = ['| K = 3 vs K = 1 at | compute ratio | metric | pyramid | full resolution |',
-           '|---|---|---|---|---|']
+  lines = ['| K = 3 vs K = 1 at | clips | compute ratio | metric | pyramid | full resolution |',
+           '|---|---|---|---|---|---|']
   for c in checks:
-    for m in ('prompt_accuracy', 'motion_accuracy', 'frechet_distance'):
-      p, b = c[m]['pyramid'], c[m]['baseline']
-      digits = 1 if m == 'frechet_distance' else 3
-      lines.append(f"| {c['compute']} <= {c['bound']}x | {c['ratio']:.3f} | {m} | "
-                   f"{p['mean']:.{digits}f} ± {p['std']:.{digits}f} | "
-                   f"{b['mean']:.{digits}f} ± {b['std']:.{digits}f} |")
+    for m in ('prompt_accuracy', 'motion_accuracy', 'frechet_distance', FVD):
+      if m not in c:
+        continue
+      digits = 3 if m.endswith('accuracy') else 1
+      lines.append(f"| {c['compute']} <= {c['bound']}x | {c['num_samples']} | "
+                   f"{c['ratio']:.3f} | {m} | {_cell(c[m]['pyramid'], digits)} | "
+                   f"{_cell(c[m]['baseline'], digits)} |")
   return '\n'.join(lines) + '\n'
 
 
+def _most_measured(rows: list[dict]) -> list[dict]:
+  """The rows of the protocol that measured the most settings (ties: more clips, then FVD),
+  so that one plot never mixes clip counts."""
+  counts = collections.Counter(map(protocol, rows))
+  measured = max(counts, key=lambda p: (counts[p], p))
+  return [r for r in rows if protocol(r) == measured]
+
+
 def plot(rows: list[dict], x_key: str, select, path: str, xlabel: str) -> None:
-  """Frechet distance and the two accuracies against x_key, one line per K (and history)."""
+  """Frechet distance, the two accuracies and, where measured, FVD against x_key, one line
+  per K (and history), each panel from one protocol (its clip count in the title)."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-  for line in sorted({_line(r) for r in rows}):
-    chosen = sorted((r for r in rows if _line(r) == line and select(r)),
-                    key=lambda r: r[x_key]['mean'])
-    if not chosen:
-      continue
-    x = [r[x_key]['mean'] for r in chosen]
-    for ax, metric in zip(axes, ('frechet_distance', 'motion_accuracy', 'prompt_accuracy')):
-      ax.errorbar(x, [r[metric]['mean'] for r in chosen], [r[metric]['std'] for r in chosen],
-                  marker='o', capsize=3, label=_label(line))
-  real = np.mean([r['real_frechet_distance']['mean'] for r in rows])
-  axes[0].axhline(real, color='grey', linestyle='--', label='real vs real')
-  for ax, title in zip(axes, ('Frechet distance (lower is better)', 'motion accuracy',
-                              'prompt accuracy')):
+  digits_rows = _most_measured(rows)
+  panels = [('frechet_distance', 'real_frechet_distance', 'Frechet distance (lower is better)',
+             digits_rows),
+            ('motion_accuracy', None, 'motion accuracy', digits_rows),
+            ('prompt_accuracy', None, 'prompt accuracy', digits_rows)]
+  fvd_rows = [r for r in rows if r[FVD] is not None]
+  if fvd_rows:
+    panels.append((FVD, 'real_fvd', 'FVD (lower is better)', _most_measured(fvd_rows)))
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8))
+  for ax, (metric, reference, title, members) in zip(axes, panels):
+    for line in sorted({_line(r) for r in members}):
+      chosen = sorted((r for r in members if _line(r) == line and select(r)),
+                      key=lambda r: r[x_key]['mean'])
+      if chosen:
+        ax.errorbar([r[x_key]['mean'] for r in chosen], [r[metric]['mean'] for r in chosen],
+                    [r[metric]['std'] for r in chosen], marker='o', capsize=3,
+                    label=_label(line))
+    if reference:
+      ax.axhline(np.mean([r[reference]['mean'] for r in members]), color='grey',
+                 linestyle='--', label='real vs real')
     ax.set_xscale('log')
     ax.set_xlabel(xlabel)
-    ax.set_title(title)
+    ax.set_title(f"{title}, {members[0]['num_samples']} clips", fontsize=10)
     ax.grid(alpha=0.3)
   axes[0].legend()
   fig.tight_layout()
