@@ -23,7 +23,8 @@ training FLOPs to that step and the sampling FLOPs per clip (training/flops.py).
 
 --videos=DIR scores DIR/captions.jsonl ({"file": ..., "caption": ...} per line;
 the files are .mp4, .gif or .npy uint8 [T, H, W(, C)]) instead of sampling; the
-report goes to DIR/eval.json. --task=i2v gives the model the first frame of each
+report goes to DIR/eval.json, its count (other than 256) and FVD named as above
+(DIR/eval_n400_fvd.json). --task=i2v gives the model the first frame of each
 test clip (autoregressive models only) and also reports how often the last
 frame shows the given frame's digits. A model trained on stored latents (`encode`)
 is scored against the videos its latents were encoded from.
@@ -327,7 +328,8 @@ def main(argv):
     videos, captions = read_video_folder(_VIDEOS.value, config_lib.image_hw(config.data))
     report, scores = evaluate(config, videos, captions, scorer, with_fvd=with_fvd,
                               fvd_cache=fvd_cache)
-    out = storage.path(_VIDEOS.value) / 'eval'
+    out = storage.path(_VIDEOS.value) / '_'.join(
+        ['eval', *reports.protocol_parts(len(videos), with_fvd, _SCORER_STEPS.value)])
   else:
     test, _, _, captions = _split_arrays(config, 'test')
     if n > len(test):

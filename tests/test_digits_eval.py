@@ -1,6 +1,7 @@
 """The moving-digits ruler: a scorer trained on train digits, checked on held-out digits and
 real test clips, and `python -m pflow_jax.evaluate` on real and bad inputs."""
 
+import glob
 import json
 import os
 
@@ -122,14 +123,15 @@ def test_evaluate_writes_the_report_and_grid(tiny_workdir):
   code, out = run('pflow_jax.evaluate', f'--workdir={tiny_workdir}', f'--num_samples={N}',
                   '--batch_size=32', f'--scorer_steps={SHORT_STEPS}')
   assert code == 0, out
-  with open(os.path.join(tiny_workdir, 'eval', f'2_n{N}_scorer{SHORT_STEPS}.json')) as f:
+  name = os.path.join(tiny_workdir, 'eval', f'2_n{N}_scorer{SHORT_STEPS}')
+  with open(name + '.json') as f:
     report = json.load(f)
   rows = report['rows']
   assert set(rows) == {'generated', 'real_test_clips', 'uniform_noise'}
   assert rows['real_test_clips']['prompt_accuracy'] >= 0.6
   assert rows['uniform_noise']['prompt_accuracy'] < 0.1
   assert rows['real_test_clips']['frechet_distance'] < rows['uniform_noise']['frechet_distance']
-  assert os.path.getsize(os.path.join(tiny_workdir, 'eval', f'2_n{N}_scorer{SHORT_STEPS}.png')) > 0
+  assert os.path.getsize(name + '.png') > 0
   ablation = report['conditioning']
   assert set(ablation) == {'own', 'shuffled', 'empty', 'text_gain'}
   assert all(len(v) == 3 and np.all(np.isfinite(v)) for v in ablation.values())
@@ -148,7 +150,8 @@ def test_evaluate_with_other_sampling_settings_writes_beside_the_default_report(
   code, out = run('pflow_jax.evaluate', *args, '--steps_per_stage=1,1,1', '--norenoise')
   assert code == 0, out
   assert open(default).read() == before
-  with open(os.path.join(tiny_workdir, 'eval', f'2_steps1-1-1_norenoise_n{N}_scorer{SHORT_STEPS}.json')) as f:
+  ablated_name = f'2_steps1-1-1_norenoise_n{N}_scorer{SHORT_STEPS}.json'
+  with open(os.path.join(tiny_workdir, 'eval', ablated_name)) as f:
     ablated = json.load(f)
   reference = json.loads(before)
   assert ablated['sample']['renoise'] is False and reference['sample']['renoise'] is True
@@ -174,7 +177,7 @@ def test_evaluate_scores_a_folder_of_videos_like_the_real_clips(tiny_workdir, da
   code, out = run('pflow_jax.evaluate', f'--workdir={tiny_workdir}', f'--videos={tmp_path}',
                   f'--num_samples={N}', f'--scorer_steps={SHORT_STEPS}')
   assert code == 0, out
-  report = json.loads((tmp_path / 'eval.json').read_text())
+  report = json.loads((tmp_path / f'eval_n{N}_scorer{SHORT_STEPS}.json').read_text())
   rows = report['rows']
   assert rows['generated']['prompt_accuracy'] == rows['real_test_clips']['prompt_accuracy']
   assert rows['generated']['nearest_train_rms'] == pytest.approx(
@@ -214,8 +217,9 @@ def test_evaluate_bad_input_is_one_line_and_writes_nothing(case, tiny_workdir, t
   code, out = run('pflow_jax.evaluate', *args)
   assert code == 1 and message in out, out
   assert out.strip().splitlines()[-1].startswith('error: ')
-  written = [p for p in os.listdir(tmp_path) if p.endswith('.json') or p.endswith('.png')]
-  assert not written and not os.path.exists(os.path.join(tiny_workdir, 'eval', '2_n10.json'))
+  written = [p for p in tmp_path.rglob('*')
+             if p.suffix in ('.json', '.png') and p.name != 'config.json']
+  assert not written and not glob.glob(os.path.join(tiny_workdir, 'eval', '2_n10_*'))
 
 
 def test_caption_parser_round_trips_the_dataset_captions():

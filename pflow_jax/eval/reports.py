@@ -34,13 +34,20 @@ def report_name(step: int, task: str, num_frames: int | None, steps_per_stage, g
     parts.append('renoise' if renoise else 'norenoise')
   if seed:
     parts.append(f'seed{seed}')
+  return '_'.join(parts + protocol_parts(num_samples, fvd, scorer_steps))
+
+
+def protocol_parts(num_samples: int, fvd: bool, scorer_steps: int | None) -> list[str]:
+  """The parts of a report name that say how it was measured, where not evaluate's default:
+  the clip count, FVD and a short smoke-test scorer."""
+  parts = []
   if num_samples != DEFAULT_NUM_SAMPLES:
     parts.append(f'n{num_samples}')
   if fvd:
     parts.append('fvd')
   if scorer_steps is not None:
     parts.append(f'scorer{scorer_steps}')
-  return '_'.join(parts)
+  return parts
 
 
 def compute_of(config: ml_collections.ConfigDict, step: int,
