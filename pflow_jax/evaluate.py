@@ -226,6 +226,14 @@ def evaluate(config: ml_collections.ConfigDict, videos: np.ndarray, captions: li
   return report, scores
 
 
+def _format(value) -> str:
+  if isinstance(value, float):
+    return f'{value:.3f}'
+  if isinstance(value, list):
+    return '[' + ' '.join(f'{v:.2f}' for v in value) + ']'
+  return str(value)
+
+
 def check_fvd_sizes(num_samples: int, num_test: int, num_train: int) -> None:
   """Raises ValueError unless every FVD set has at least i3d.NUM_CLASSES clips."""
   need = i3d.NUM_CLASSES
@@ -352,8 +360,7 @@ def main(argv):
     grid_lib.write_scored_grid(grid, videos[:GRID_ROWS], _labels(captions[:GRID_ROWS], scores))
   storage.write_text_atomic(out.parent / f'{out.name}.json', json.dumps(report, indent=1))
   for name, row in report['rows'].items():
-    print(f'{name:16s} ' + '  '.join(f'{k} {v:.3f}' if isinstance(v, float) else f'{k} {v}'
-                                     for k, v in row.items() if k != 'note'))
+    print(f'{name:16s} ' + '  '.join(f'{k} {_format(v)}' for k, v in row.items() if k != 'note'))
   if 'conditioning' in report:
     print('loss per stage   ' + '  '.join(
         f'{name} [{", ".join(f"{v:.4f}" for v in report["conditioning"][name])}]'

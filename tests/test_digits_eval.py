@@ -72,6 +72,13 @@ def test_real_clips_score_high_and_noise_or_wrong_prompts_low(scorer, test_clips
   # Frozen frames (frame 0 repeated) keep the digits but do not move.
   frozen = digits.summarise(scorer.score_clips(np.repeat(videos[:, :1], 4, 1), d, k))
   assert frozen['motion_accuracy'] < 0.05, frozen
+  # Clips that turn to noise after two frames: the per-frame accuracy says where.
+  drifting = videos.copy()
+  drifting[:, 2:] = noise[:, 2:]
+  per_frame = digits.summarise(scorer.score_clips(drifting, d, k))['prompt_accuracy_per_frame']
+  assert len(per_frame) == videos.shape[1]
+  assert min(per_frame[:2]) >= 0.6 and max(per_frame[2:]) < 0.1, per_frame
+  assert np.mean(real['prompt_accuracy_per_frame']) >= 0.6, real
 
 
 def test_frechet_distance_of_clip_features(scorer, test_clips):

@@ -265,7 +265,8 @@ class DigitScorer:
 
     digits, directions: int32 [N, M] (-1 for an absent slot), as the dataset stores
     them. Returns prompt_correct, consistent [N] bool, motion_correct [N] float
-    (NaN where no prompted digit can be tracked) and clip_features [N, 2F].
+    (NaN where no prompted digit can be tracked), clip_features [N, 2F] and
+    frame_prompt_correct [N, T] bool (each frame read alone: where a clip drifts).
     """
     videos = np.asarray(videos)
     if videos.ndim != 5 or videos.shape[1] < 2:
@@ -291,7 +292,8 @@ class DigitScorer:
       if moves:
         motion[i] = float(all(moves))
     return {'prompt_correct': prompt_correct, 'consistent': consistent,
-            'motion_correct': motion, 'clip_features': clip_features(features)}
+            'motion_correct': motion, 'clip_features': clip_features(features),
+            'frame_prompt_correct': np.all(counts == wanted[:, None], axis=-1)}
 
 
 def parse_caption(caption: str, max_digits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -335,13 +337,15 @@ def clip_features(frame_features: np.ndarray) -> np.ndarray:
   return np.concatenate([f.mean(axis=1), np.abs(np.diff(f, axis=1)).mean(axis=1)], axis=-1)
 
 
-def summarise(scores: dict[str, np.ndarray]) -> dict[str, float]:
+def summarise(scores: dict[str, np.ndarray]) -> dict[str, float | int | list[float]]:
   """Clip means of score_clips' per-clip metrics."""
   motion = scores['motion_correct']
   return {'prompt_accuracy': float(np.mean(scores['prompt_correct'])),
           'motion_accuracy': float(np.nanmean(motion)) if np.any(~np.isnan(motion))
           else float('nan'),
           'temporal_consistency': float(np.mean(scores['consistent'])),
+          'prompt_accuracy_per_frame': [
+              float(a) for a in np.mean(scores['frame_prompt_correct'], axis=0)],
           'clips': int(len(motion))}
 
 
