@@ -114,7 +114,8 @@ def evaluate_commands(sweep_path: str, overrides: dict, run_dir: str,
         else float(_flag(args, 'video_guidance_scale')),
         int(_flag(args, 'num_samples') or reports.DEFAULT_NUM_SAMPLES),
         'fvd' in (_flag(args, 'metrics') or '').split(','),
-        None if _flag(args, 'scorer_steps') is None else int(_flag(args, 'scorer_steps')))
+        None if _flag(args, 'scorer_steps') is None else int(_flag(args, 'scorer_steps')),
+        None if _flag(args, 'history_noise') is None else float(_flag(args, 'history_noise')))
     result.append((os.path.join(run_dir, 'eval', name + '.json'),
                    [sys.executable, '-m', 'pflow_jax.evaluate', f'--workdir={run_dir}', *args]))
   return result

@@ -200,6 +200,9 @@ def base_config() -> ml_collections.ConfigDict:
       renoise=True,                # corrective block noise at stage jumps (False: ablation)
       history_window=-1,           # history units kept when sampling; -1: as in training
       cache_history=True,          # reuse history keys/values (model.history_conditioning 'clean')
+      history_noise=0.0,           # s: history h <- (1 - s) h + s noise when sampling, inside
+                                   # training's corruption range [0, temporal.corrupt_ratio];
+                                   # 0 is the official sampler (clean history)
       prompts=('a 3 moving left', 'a 7 moving down', 'a 0 moving right and a 1 moving up',
                'a 5 moving up'),
       text_embeddings='',          # text.encoder 'precomputed': .npz of the samples' embeddings
@@ -377,6 +380,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if len(config.sample[name]) != k:
       raise ValueError(f'sample.{name} {list(config.sample[name])} needs one entry per stage '
                        f'({k})')
+  if not 0.0 <= config.sample.history_noise <= 1.0:
+    raise ValueError(f'sample.history_noise must be in [0, 1], got {config.sample.history_noise}')
   if config.temporal.autoregressive:
     units = latent_size(config)[0]
     group = config.temporal.video_sync_group

@@ -73,6 +73,9 @@ _GUIDANCE = flags.DEFINE_float('guidance_scale', None, 'CFG scale (default: the 
 _VIDEO_GUIDANCE = flags.DEFINE_float('video_guidance_scale', None, 'CFG scale of the frames '
                                       'after the first (autoregressive models; default: the '
                                       'config\'s).')
+_HISTORY_NOISE = flags.DEFINE_float('history_noise', None, 'History corruption s when '
+                                    'sampling (autoregressive models; default: the config\'s; '
+                                    '0 is the official clean history).')
 _STEPS = flags.DEFINE_list('steps_per_stage', None, 'Euler steps per stage (default: config).')
 _RENOISE = flags.DEFINE_bool('renoise', None, 'Corrective noise at stage jumps (default: the '
                              'config\'s; --norenoise is the paper\'s ablation).')
@@ -305,6 +308,10 @@ def main(argv):
         raise ValueError('--video_guidance_scale is for autoregressive models (the frames after '
                          'the first); this one samples whole clips with --guidance_scale')
       config.sample.video_guidance_scale = _VIDEO_GUIDANCE.value
+    if _HISTORY_NOISE.value is not None:
+      if not config.temporal.autoregressive:
+        raise ValueError('--history_noise is for autoregressive models (their history frames)')
+      config.sample.history_noise = _HISTORY_NOISE.value
     if _STEPS.value is not None:
       config.sample.steps_per_stage = tuple(int(s) for s in _STEPS.value)
     if _RENOISE.value is not None:
@@ -355,7 +362,8 @@ def main(argv):
     out = storage.path(workdir) / 'eval' / reports.report_name(
         step, _TASK.value, _NUM_FRAMES.value, _STEPS.value and config.sample.steps_per_stage,
         _GUIDANCE.value, _RENOISE.value, _SEED.value, _VIDEO_GUIDANCE.value,
-        num_samples=n, fvd=with_fvd, scorer_steps=_SCORER_STEPS.value)
+        num_samples=n, fvd=with_fvd, scorer_steps=_SCORER_STEPS.value,
+        history_noise=_HISTORY_NOISE.value)
   with storage.local_file(out.parent / f'{out.name}.png') as grid:
     grid_lib.write_scored_grid(grid, videos[:GRID_ROWS], _labels(captions[:GRID_ROWS], scores))
   storage.write_text_atomic(out.parent / f'{out.name}.json', json.dumps(report, indent=1))

@@ -151,7 +151,8 @@ class VideoGenerator:
             sample.steps_per_stage if first else sample.video_steps_per_stage,
             sample.guidance_scale if first else sample.video_guidance_scale,
             use_cache=self.cache and history > 0,  # text sees frame 0: no cache there
-            prediction=config.pyramid.prediction, renoise=sample.renoise)
+            prediction=config.pyramid.prediction, renoise=sample.renoise,
+            history_noise=sample.history_noise)
       return jax.lax.dynamic_update_slice_in_dim(frames, x.astype(frames.dtype), unit, axis=1)
 
     self._unit_step = unit_step

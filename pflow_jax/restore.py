@@ -19,6 +19,8 @@ def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigD
     config.pyramid.prediction = 'velocity'
   if 'renoise' not in config.sample:
     config.sample.renoise = True
+  if 'history_noise' not in config.sample:  # and the official clean history
+    config.sample.history_noise = 0.0
   config_lib.validate(config)
   return config
 

@@ -101,6 +101,7 @@ def test_sample_cli_writes_video_and_grid(tmp_path, reference_run):
     ('--config.data.image_size=40', 'not divisible'),
     ('--config.data.train_size=0', 'train_size'),
     ('--config.text.max_length=8', 'longer than text.max_length'),
+    ('--config.sample.history_noise=1.5', 'sample.history_noise must be in [0, 1]'),
 ])
 def test_bad_config_fails_with_one_clear_error(tmp_path, data_dir, override, message):
   workdir = tmp_path / 'w'

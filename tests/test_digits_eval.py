@@ -192,7 +192,8 @@ def test_evaluate_scores_a_folder_of_videos_like_the_real_clips(tiny_workdir, da
 
 
 @pytest.mark.parametrize('case', ['too_few', 'too_few_for_fvd', 'unknown_metric',
-                                  'video_guidance_of_whole_clips', 'no_checkpoint',
+                                  'video_guidance_of_whole_clips',
+                                  'history_noise_of_whole_clips', 'no_checkpoint',
                                   'unreadable', 'mis_sized'])
 def test_evaluate_bad_input_is_one_line_and_writes_nothing(case, tiny_workdir, tmp_path):
   args = [f'--workdir={tiny_workdir}', f'--num_samples={N}', f'--scorer_steps={SHORT_STEPS}']
@@ -207,6 +208,9 @@ def test_evaluate_bad_input_is_one_line_and_writes_nothing(case, tiny_workdir, t
   elif case == 'video_guidance_of_whole_clips':
     args.append('--video_guidance_scale=2')
     message = '--video_guidance_scale is for autoregressive models'
+  elif case == 'history_noise_of_whole_clips':
+    args.append('--history_noise=0.1')
+    message = '--history_noise is for autoregressive models'
   elif case == 'no_checkpoint':
     empty = tmp_path / 'empty'
     empty.mkdir()
@@ -245,8 +249,9 @@ def test_report_names_keep_every_sampling_setting_apart():
   names = [name(), name(task='i2v'), name(num_frames=16), name(steps_per_stage=(1, 1, 1)),
            name(guidance=6.0), name(video_guidance=6.0), name(guidance=6.0, video_guidance=2.5),
            name(renoise=False), name(seed=1), name(num_samples=400), name(fvd=True),
-           name(scorer_steps=100)]
+           name(scorer_steps=100), name(history_noise=0.1)]
   assert names[0] == '10' and len(set(names)) == len(names), names
   assert names[6] == '10_cfg6_videocfg2.5'
   assert name(seed=1, num_samples=400, fvd=True) == '10_seed1_n400_fvd'
   assert name(scorer_steps=100) == '10_scorer100'
+  assert name(video_guidance=2.0, history_noise=0.1) == '10_videocfg2_histnoise0.1'

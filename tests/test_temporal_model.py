@@ -292,3 +292,26 @@ def test_generation_continues_a_prefix_and_respects_the_window(ar_model):
   assert float(jnp.abs(a[:, 2] - c[:, 2]).max()) > 1e-3
   with pytest.raises(ValueError, match='nothing is left'):
     gen.latents(params, text, jax.random.key(2), jnp.zeros((1, 4, 8, 8, 16)))
+
+
+def test_history_noise_corrupts_the_history_it_is_given(ar_model):
+  """sample.history_noise s mixes the history as training corrupts it: at s = 1 a frame no
+  longer depends on its history's content, at 0 < s < 1 it does, and differs from s = 0."""
+  from pflow_jax import inference
+  from pflow_jax.models import latent_codec
+  config, graphdef, params = ar_model
+  codec = latent_codec.make_codec(config.latent)
+  text = inference.prompt_text(config, ['a 3 moving left'])
+  frames = jax.random.normal(jax.random.key(1), (1, 3, 8, 8, 16))
+  other = frames.at[:, :2].add(3.0)
+  frame2 = {}
+  for s in (0.0, 0.3, 1.0):
+    noisy = config.copy_and_resolve_references()
+    noisy.sample.history_noise = s
+    gen = inference.VideoGenerator(noisy, graphdef, codec, num_frames=3, window=2)
+    frame2[s] = [gen.generate_unit(params, text, f, 2, jax.random.key(2))[:, 2]
+                 for f in (frames, other)]
+  np.testing.assert_allclose(frame2[1.0][0], frame2[1.0][1], atol=1e-5)
+  for s in (0.0, 0.3):
+    assert float(jnp.abs(frame2[s][0] - frame2[s][1]).max()) > 1e-3, s
+  assert float(jnp.abs(frame2[0.3][0] - frame2[0.0][0]).max()) > 1e-3

@@ -17,7 +17,7 @@ DEFAULT_NUM_SAMPLES = 256  # evaluate's --num_samples; other counts are named in
 def report_name(step: int, task: str, num_frames: int | None, steps_per_stage, guidance,
                 renoise: bool | None, seed: int, video_guidance: float | None = None,
                 num_samples: int = DEFAULT_NUM_SAMPLES, fvd: bool = False,
-                scorer_steps: int | None = None) -> str:
+                scorer_steps: int | None = None, history_noise: float | None = None) -> str:
   """'<step>' plus one part per setting that differs from the config's (and from evaluate's
   default clip count, metrics and scorer), so that evaluations of one checkpoint with other
   settings never overwrite each other."""
@@ -30,6 +30,8 @@ def report_name(step: int, task: str, num_frames: int | None, steps_per_stage, g
     parts.append(f'cfg{guidance:g}')
   if video_guidance is not None:
     parts.append(f'videocfg{video_guidance:g}')
+  if history_noise is not None:
+    parts.append(f'histnoise{history_noise:g}')
   if renoise is not None:
     parts.append('renoise' if renoise else 'norenoise')
   if seed:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from pflow_jax.pyramid import flow
+from pflow_jax.pyramid import flow, temporal
 from pflow_jax.pyramid.schedule import MAX_GAMMA, PyramidSchedule, inference_schedule
 from pflow_jax.pyramid.schedule import jump_coefficients
 
@@ -136,11 +136,14 @@ class UnitModel(Protocol):
   def unit_velocity_cached(self, target, cache, timesteps, cond): ...
 
 
+HISTORY_NOISE_STREAM = 0x68697374  # folded into a frame's key for its history noise
+
+
 def sample_unit(model: UnitModel, cond: Any, uncond: Any, rng: jax.Array,
                 schedule: PyramidSchedule, frames: jax.Array, unit: jax.Array,
                 plans: Sequence[Any], steps_per_stage: Sequence[int], guidance_scale: float,
                 use_cache: bool, prediction: str = 'velocity',
-                renoise: bool = True) -> jax.Array:
+                renoise: bool = True, history_noise: float = 0.0) -> jax.Array:
   """Latent frame `unit` [B, 1, H, W, C] generated through all pyramid stages.
 
   frames [B, T, H, W, C] holds the clean frames generated (or given) so far;
@@ -152,7 +155,9 @@ def sample_unit(model: UnitModel, cond: Any, uncond: Any, rng: jax.Array,
   batch [uncond; cond] and combines v_u + w (v_c - v_u). use_cache computes the
   history's keys/values once per stage (exact with 'clean' history
   conditioning) instead of at every step. prediction: what the model outputs
-  (flow.velocity_from_prediction). renoise: as in `sample`.
+  (flow.velocity_from_prediction). renoise: as in `sample`. history_noise s
+  corrupts the history as training does, h <- (1 - s) h + s noise, with one
+  fixed s (0: clean history, the official sampler).
   """
   k = schedule.stages
   steps = tuple(steps_per_stage)
@@ -166,10 +171,15 @@ def sample_unit(model: UnitModel, cond: Any, uncond: Any, rng: jax.Array,
 
   start = jnp.maximum(unit - window, 0)
   num_history = jnp.minimum(unit, window)
+  unit_rng = jax.random.fold_in(rng, unit)
   bank = jax.lax.dynamic_slice_in_dim(frames, start, window, axis=1) if window else None
   bank_levels = flow.downsample_pyramid(bank.astype(jnp.float32), k) if window else None
+  if window and history_noise:  # each level with its own noise, as training corrupts it
+    bank_levels = temporal.mix_noise(
+        bank_levels, jax.random.fold_in(unit_rng, HISTORY_NOISE_STREAM),
+        jnp.full((batch,), history_noise, jnp.float32))
 
-  noise_rng, jump_rng = jax.random.split(jax.random.fold_in(rng, unit))
+  noise_rng, jump_rng = jax.random.split(unit_rng)
   # The frame's noise is a function of (rng, unit): a frame gets the same noise
   # whether generation started at frame 0 or continues a given prefix.
   x = flow.noise_pyramid(jax.random.normal(noise_rng, (batch, 1, h, w, c), jnp.float32), k)[0]

@@ -82,12 +82,18 @@ def corrupt_history(history: Sequence[jax.Array], rng: jax.Array,
                      f'{[tuple(h.shape) for h in history]}')
   sigma_rng, noise_rng = jax.random.split(rng)
   sigma = jax.random.uniform(sigma_rng, (batch,), jnp.float32) * corrupt_ratio
+  return mix_noise(history, noise_rng, sigma), sigma
+
+
+def mix_noise(history: Sequence[jax.Array], rng: jax.Array, sigma: jax.Array) -> list[jax.Array]:
+  """h <- s * noise + (1 - s) * h for each clip, s = sigma [B] per sample, fresh white noise
+  per clip at its own resolution, in float32."""
   out = []
-  for h, key in zip(history, jax.random.split(noise_rng, len(history))):
-    s = sigma.reshape((batch,) + (1,) * (h.ndim - 1))
+  for h, key in zip(history, jax.random.split(rng, len(history))):
+    s = sigma.reshape((h.shape[0],) + (1,) * (h.ndim - 1))
     noise = jax.random.normal(key, h.shape, jnp.float32)
     out.append(s * noise + (1.0 - s) * h.astype(jnp.float32))
-  return out, sigma
+  return out
 
 
 # ----------------------------------------------------------------------------
