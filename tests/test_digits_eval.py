@@ -191,26 +191,26 @@ def test_evaluate_scores_a_folder_of_videos_like_the_real_clips(tiny_workdir, da
       rows['real_test_clips']['nearest_train_rms'])
 
 
-@pytest.mark.parametrize('case', ['too_few', 'too_few_for_fvd', 'unknown_metric',
-                                  'video_guidance_of_whole_clips',
-                                  'history_noise_of_whole_clips', 'no_checkpoint',
-                                  'unreadable', 'mis_sized'])
+ONE_FLAG_CASES = {  # case: (the flag added to a valid evaluation, the expected error)
+    'too_few_for_fvd': ('--metrics=digits,fvd', 'FVD needs at least 400 clips per set (its '
+                        'I3D logits are 400-d); --num_samples'),
+    'unknown_metric': ('--metrics=digits,fid', "--metrics: unknown ['fid']"),
+    'video_guidance_of_whole_clips': ('--video_guidance_scale=2',
+                                      '--video_guidance_scale is for autoregressive models'),
+    'history_noise_of_whole_clips': ('--history_noise=0.1',
+                                     '--history_noise is for autoregressive models'),
+}
+
+
+@pytest.mark.parametrize('case', ['too_few', *ONE_FLAG_CASES, 'no_checkpoint', 'unreadable',
+                                  'mis_sized'])
 def test_evaluate_bad_input_is_one_line_and_writes_nothing(case, tiny_workdir, tmp_path):
   args = [f'--workdir={tiny_workdir}', f'--num_samples={N}', f'--scorer_steps={SHORT_STEPS}']
   if case == 'too_few':
     args[1], message = '--num_samples=10', f'needs at least {N} clips'
-  elif case == 'too_few_for_fvd':
-    args.append('--metrics=digits,fvd')
-    message = 'FVD needs at least 400 clips per set (its I3D logits are 400-d); --num_samples'
-  elif case == 'unknown_metric':
-    args.append('--metrics=digits,fid')
-    message = "--metrics: unknown ['fid']"
-  elif case == 'video_guidance_of_whole_clips':
-    args.append('--video_guidance_scale=2')
-    message = '--video_guidance_scale is for autoregressive models'
-  elif case == 'history_noise_of_whole_clips':
-    args.append('--history_noise=0.1')
-    message = '--history_noise is for autoregressive models'
+  elif case in ONE_FLAG_CASES:
+    flag, message = ONE_FLAG_CASES[case]
+    args.append(flag)
   elif case == 'no_checkpoint':
     empty = tmp_path / 'empty'
     empty.mkdir()
