@@ -94,6 +94,12 @@ def _flag(args: list[str], name: str):
   return None
 
 
+def _number(args: list[str], name: str, kind: type = float):
+  """The value of --name=V in args as `kind`, None if absent."""
+  value = _flag(args, name)
+  return None if value is None else kind(value)
+
+
 def evaluate_commands(sweep_path: str, overrides: dict, run_dir: str,
                       eval_args: list[str]) -> list[tuple[str, list[str]]]:
   """(report path, command) for each evaluation of a trained run."""
@@ -108,14 +114,11 @@ def evaluate_commands(sweep_path: str, overrides: dict, run_dir: str,
     name = reports.report_name(
         step, _flag(args, 'task') or 't2v', int(_flag(args, 'num_frames') or 0) or None,
         per_stage and per_stage.split(','),
-        None if _flag(args, 'guidance_scale') is None else float(_flag(args, 'guidance_scale')),
-        _flag(args, 'renoise'), int(_flag(args, 'seed') or 0),
-        None if _flag(args, 'video_guidance_scale') is None
-        else float(_flag(args, 'video_guidance_scale')),
+        _number(args, 'guidance_scale'), _flag(args, 'renoise'), int(_flag(args, 'seed') or 0),
+        _number(args, 'video_guidance_scale'),
         int(_flag(args, 'num_samples') or reports.DEFAULT_NUM_SAMPLES),
         'fvd' in (_flag(args, 'metrics') or '').split(','),
-        None if _flag(args, 'scorer_steps') is None else int(_flag(args, 'scorer_steps')),
-        None if _flag(args, 'history_noise') is None else float(_flag(args, 'history_noise')))
+        _number(args, 'scorer_steps', int), _number(args, 'history_noise'))
     result.append((os.path.join(run_dir, 'eval', name + '.json'),
                    [sys.executable, '-m', 'pflow_jax.evaluate', f'--workdir={run_dir}', *args]))
   return result
