@@ -166,6 +166,10 @@ def base_config() -> ml_collections.ConfigDict:
       corrupt_ratio=1 / 3,         # history corruption s ~ U(0, corrupt_ratio)
       video_sync_group=-1,         # official 8: ranks sharing a video; -1: units per clip
       compress_history=True,       # False: history at the target's resolution (baseline)
+      # Share of steps that train the first frame alone (text-to-image, no history) at every
+      # stage, on top of the official layouts' 1 in units. A toy-scale departure standing in
+      # for the official image batches; 0 is official (docs/temporal.md).
+      first_frame_share=0.0,
   ))
 
   c.optim = ml_collections.ConfigDict(dict(
@@ -382,6 +386,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        f'({k})')
   if not 0.0 <= config.sample.history_noise <= 1.0:
     raise ValueError(f'sample.history_noise must be in [0, 1], got {config.sample.history_noise}')
+  if not 0.0 <= config.temporal.first_frame_share < 1.0:
+    raise ValueError('temporal.first_frame_share must be in [0, 1), got '
+                     f'{config.temporal.first_frame_share}')
   if config.temporal.autoregressive:
     units = latent_size(config)[0]
     group = config.temporal.video_sync_group

@@ -21,6 +21,8 @@ def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigD
     config.sample.renoise = True
   if 'history_noise' not in config.sample:  # and the official clean history
     config.sample.history_noise = 0.0
+  if 'first_frame_share' not in config.temporal:  # trained on the official layouts only
+    config.temporal.first_frame_share = 0.0
   config_lib.validate(config)
   return config
 

@@ -14,7 +14,8 @@ from configs import moving_digits
 from pflow_jax.data.synthetic import synthetic_batch
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
-from pflow_jax import checkpoint
+from pflow_jax import checkpoint, config as config_lib
+from pflow_jax.pyramid import temporal
 from pflow_jax.training import flops, loop, state as state_lib, step as step_lib
 
 
@@ -257,3 +258,28 @@ def test_workdir_config_is_the_one_saved_with_the_checkpoint(tmp_path):
   empty.mkdir()
   (empty / 'config.json').write_text(json.dumps({'seed': 1, 'rules': rules}))
   assert checkpoint.load_workdir_config(str(empty)).seed == 1   # no checkpoint yet
+
+
+def test_first_frame_share_adds_first_frame_steps_to_the_official_order():
+  config = moving_digits.get_config('ar')             # 8 latent frames, 3 stages
+  units = config.data.num_frames
+  steps = range(4000)
+  official = [tuple(step_lib.units_for_step(config, s)) for s in steps]
+  kw = dict(max_temporal_length=units, video_sync_group=units, stages=3)
+  assert official == [temporal.stage_length_for_step(s, config.seed, **kw) for s in steps]
+  config.temporal.first_frame_share = 0.5
+  mixed = [tuple(step_lib.units_for_step(config, s)) for s in steps]
+  assert mixed == [tuple(step_lib.units_for_step(config, s)) for s in steps]   # resumable
+  replaced = [m != o for m, o in zip(mixed, official)]
+  assert all(m == (1, 1, 1) for m, r in zip(mixed, replaced) if r)
+  # The official layouts train frame 0 at the top stage or below it, never at all three.
+  assert (1, 1, 1) not in official
+  share = np.mean([m == (1, 1, 1) for m in mixed])
+  assert abs(share - 0.5) < 4 * np.sqrt(0.25 / len(steps))
+  # Each stage trains frame 0 in p + (1 - p) / units of the steps.
+  top = np.mean([m[-1] == 1 for m in mixed])
+  expected = 0.5 + 0.5 / units
+  assert abs(top - expected) < 4 * np.sqrt(expected * (1 - expected) / len(steps))
+  config.temporal.first_frame_share = 1.0
+  with pytest.raises(ValueError, match=r'first_frame_share must be in \[0, 1\)'):
+    config_lib.validate(config)

@@ -73,7 +73,14 @@ def training_plans(config: ml_collections.ConfigDict) -> tuple[temporal.HistoryP
 
 
 def units_for_step(config: ml_collections.ConfigDict, step: int) -> np.ndarray:
-  """int32 [K]: units per stage column at `step` (official sample_stage_length, SPMD order)."""
+  """int32 [K]: units per stage column at `step` (official sample_stage_length, SPMD order).
+
+  With temporal.first_frame_share p > 0, a draw from (seed, step) makes the step a
+  first-frame-only one ([1] * K) with probability p; the other steps keep the official order.
+  """
+  share = config.temporal.first_frame_share
+  if share > 0 and np.random.default_rng([config.seed, step, 1]).random() < share:
+    return np.ones(config.pyramid.stages, np.int32)
   units = config_lib.latent_size(config)[0]
   group = config.temporal.video_sync_group
   return np.asarray(temporal.stage_length_for_step(
