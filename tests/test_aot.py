@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -20,6 +22,7 @@ def aot(tmp_path, name, *args):
   return json.loads(out.read_text()), result.stdout
 
 
+@pytest.mark.slow  # two AOT compiles on 4 fake devices: about 3 minutes on 2 cores
 def test_fsdp_shards_the_state_of_the_compiled_train_step(tmp_path):
   data, stdout = aot(tmp_path, 'data', '--config.mesh.data=4')
   fsdp, _ = aot(tmp_path, 'fsdp', '--config.mesh.data=1', '--config.mesh.fsdp=4',

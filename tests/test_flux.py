@@ -249,6 +249,7 @@ def test_cached_history_gives_the_recomputed_velocity():
   assert float(jnp.abs(full).mean()) > 1e-3
 
 
+@pytest.mark.slow  # compiles a miniFLUX train step: about 2 minutes on 2 cores
 def test_flux_config_trains_through_the_jitted_step():
   config = moving_digits.get_config('tiny,flux')
   config.dtype = 'float32'

@@ -294,6 +294,8 @@ def test_generation_continues_a_prefix_and_respects_the_window(ar_model):
     gen.latents(params, text, jax.random.key(2), jnp.zeros((1, 4, 8, 8, 16)))
 
 
+# The mixing does not depend on the positions: one of the two models (:ar,quality's).
+@pytest.mark.parametrize('ar_model', ['frame_y_x_rope'], indirect=True)
 def test_history_noise_corrupts_the_history_it_is_given(ar_model):
   """sample.history_noise s mixes the history as training corrupts it: at s = 1 a frame no
   longer depends on its history's content, at 0 < s < 1 it does, and differs from s = 0."""

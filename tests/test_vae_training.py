@@ -168,6 +168,7 @@ def vae_run(tmp_path_factory):
   return workdir, config, metrics
 
 
+@pytest.mark.slow  # the resume compiles the VAE step again: about 2 minutes on 2 cores
 def test_vae_loop_checkpoints_evaluates_and_resumes(vae_run, tmp_path):
   workdir, config, metrics = vae_run
   assert np.isfinite(metrics['eval_psnr']) and 'd_loss' not in metrics  # no GAN
