@@ -79,6 +79,7 @@ def units_for_step(config: ml_collections.ConfigDict, step: int) -> np.ndarray:
   first-frame-only one ([1] * K) with probability p; the other steps keep the official order.
   """
   share = config.temporal.first_frame_share
+  # The trailing 1 keeps this stream apart from stage_length_for_step's (seed, block) one.
   if share > 0 and np.random.default_rng([config.seed, step, 1]).random() < share:
     return np.ones(config.pyramid.stages, np.int32)
   units = config_lib.latent_size(config)[0]
