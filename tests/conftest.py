@@ -1,5 +1,5 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported) for sharding tests, and one
-persistent compilation cache for the session.
+"""Test setup: 8 fake CPU devices (set before jax is imported) for sharding tests, quick
+compiles (tests/xla_env.py), and one persistent compilation cache for the session.
 
 Unsharded code still runs on device 0; sharding tests build their own meshes. The cache
 (a fresh temporary directory per session, inherited by the launchers the CLI tests
@@ -9,7 +9,9 @@ start) compiles a program once even when several tests or processes build it ane
 import os
 import tempfile
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+from tests import xla_env
+
+os.environ.setdefault('XLA_FLAGS', xla_env.xla_flags(8))
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='pflow_jax_xla_'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')

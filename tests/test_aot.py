@@ -8,12 +8,14 @@ import sys
 
 import pytest
 
+from tests import xla_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def aot(tmp_path, name, *args):
   out = tmp_path / f'{name}.json'
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env = dict(os.environ, XLA_FLAGS=xla_env.QUICK_COMPILE)  # aot adds the device count
   result = subprocess.run(
       [sys.executable, '-m', 'pflow_jax.aot', '--config=configs/moving_digits.py:tiny',
        '--devices=4', '--config.data.global_batch_size=12', f'--json={out}', *args], cwd=ROOT, capture_output=True, text=True,
@@ -38,7 +40,7 @@ def test_fsdp_shards_the_state_of_the_compiled_train_step(tmp_path):
 
 
 def test_bad_requests_are_one_clear_error():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  env = dict(os.environ, XLA_FLAGS=xla_env.xla_flags(2))
   for args, message in (
       (['--what=nothing'], "unknown ['nothing']"),
       (['--config.data.global_batch_size=9'], 'not divisible')):

@@ -8,11 +8,13 @@ from unittest import mock
 
 import pytest
 
+from tests import xla_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_module(module, *args, timeout=600):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  env = dict(os.environ, XLA_FLAGS=xla_env.xla_flags(1))
   proc = subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=env, text=True,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
   assert proc.returncode == 0, proc.stdout[-3000:]

@@ -11,11 +11,13 @@ import time
 
 import pytest
 
+from tests import xla_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def launch(module, *args, **popen):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+  env = dict(os.environ, XLA_FLAGS=xla_env.xla_flags(1),
              PYTHONUNBUFFERED='1')
   return subprocess.Popen([sys.executable, '-m', module, *args], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 from benchmarks import gpu_check
+from tests import xla_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_smoke_run_skips_cudnn_passes_bf16_and_times_a_step(tmp_path):
   out = tmp_path / 'gpu_check.json'
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=1')
+             XLA_FLAGS=xla_env.xla_flags(1))
   proc = subprocess.run([sys.executable, '-m', 'benchmarks.gpu_check', '--smoke',
                          f'--json={out}'], cwd=ROOT, env=env, text=True,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)

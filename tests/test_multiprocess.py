@@ -23,6 +23,7 @@ from PIL import Image
 
 from pflow_jax import checkpoint, distributed, restore
 from pflow_jax.parallel import mesh as mesh_lib
+from tests import xla_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = ('--config=configs/moving_digits.py:tiny', '--config.data.global_batch_size=12',
@@ -32,7 +33,7 @@ SAMPLE = ('--prompt=a 3 moving left', '--num_samples=3', '--steps_per_stage=2,2,
 
 
 def _env(devices: int, **extra) -> dict:
-  return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  return dict(os.environ, XLA_FLAGS=xla_env.xla_flags(devices),
               JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1', **extra)
 
 

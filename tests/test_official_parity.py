@@ -114,10 +114,12 @@ def _run(cfg, state, clips, timesteps, text, dtype=jnp.float32):
 @pytest.mark.parametrize('family', ['sd3', 'flux'])
 @pytest.mark.parametrize('case', ['clip', 'history'])
 def test_forward_matches_the_official_module(family, case, monkeypatch):
-  """Given the official sinusoidal timestep features, every output is within 1e-5 (fp32).
+  """Given the official sinusoidal timestep features, every output is within 2e-5: fp32
+  rounding, as outputs reach 8.5 in size, where one step of fp32 is 1e-6 (measured up to
+  1.0e-5, with the tests' quick compiles and with XLA's default ones).
 
   The features themselves differ in their last bits (next test); unpatched, that moves
-  the outputs by up to ~4e-5, also asserted.
+  the outputs by up to ~4e-5, within the 1e-4 also asserted.
   """
   cfg, state = converted(family)
   io, clips, text, want = _case(family, case)
@@ -127,7 +129,7 @@ def test_forward_matches_the_official_module(family, case, monkeypatch):
   np.testing.assert_allclose(unpatched, want, atol=1e-4, rtol=0)
   features = jnp.asarray(io[f'{case}_time_features'])
   monkeypatch.setattr(layers, 'timestep_embedding', lambda t, dim: features)
-  np.testing.assert_allclose(_run(cfg, state, clips, timesteps, text), want, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(_run(cfg, state, clips, timesteps, text), want, atol=2e-5, rtol=0)
   bf16 = _run(cfg, state, clips, timesteps, text, jnp.bfloat16)
   assert np.linalg.norm(bf16 - want) / np.linalg.norm(want) < BF16_RELATIVE_ERROR
 

@@ -16,6 +16,7 @@ from pflow_jax import config as config_lib
 from pflow_jax.data import moving_digits as md
 from pflow_jax.data import pipeline
 from pflow_jax.parallel import mesh as mesh_lib
+from tests import xla_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -200,7 +201,7 @@ def test_two_processes_assemble_disjoint_global_batches(tmp_path):
   script = tmp_path / 'worker.py'
   script.write_text(_TWO_PROCESS_SCRIPT)
   port = portpicker.pick_unused_port()
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+  env = {**os.environ, 'XLA_FLAGS': xla_env.xla_flags(2),
          'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': REPO}
   procs = [subprocess.Popen([sys.executable, str(script), str(p), str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

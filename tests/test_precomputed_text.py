@@ -18,6 +18,7 @@ from pflow_jax.data.synthetic import synthetic_batch
 from pflow_jax.models import latent_codec
 from pflow_jax.parallel import mesh as mesh_lib
 from pflow_jax.training import state as state_lib, step as step_lib
+from tests import xla_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,7 +72,7 @@ def test_train_on_embeddings_then_sample_from_a_file(tmp_path, variants):
       [sys.executable, '-m', 'pflow_jax.sample', f'--workdir={workdir}', '--num_samples=2',
        f'--text_embeddings={embeddings}', f'--out={out}'],
       cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'))
+      env=dict(os.environ, XLA_FLAGS=xla_env.xla_flags(1)))
   assert result.returncode == 0, result.stderr[-2000:]
   assert out.stat().st_size > 0 and (tmp_path / 'sample.png').stat().st_size > 0
 
@@ -156,7 +157,7 @@ def test_training_reads_the_embeddings_of_each_caption(tmp_path):
        f'--config.text.embeddings={path}', f'--config.sample.text_embeddings={path}',
        '--config.train.num_steps=2', '--config.train.log_every=1'],
       cwd=ROOT, capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'))
+      env=dict(os.environ, XLA_FLAGS=xla_env.xla_flags(1)))
   assert result.returncode == 0, result.stderr[-3000:]
   with open(workdir / 'metrics.jsonl') as f:
     losses = [json.loads(line)['loss'] for line in f]
