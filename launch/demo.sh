@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the project into .venv, trains the embedded default (moving MNIST
-# digits, CPU, about 16 minutes on 2 cores: 1 install, 8 training), samples from it
+# digits, CPU, 16-25 minutes on 2 cores: 1 install, 7-12 training), samples from it
 # and scores 256 samples on the moving-digits ruler (docs/evaluation.md; the digit
-# scorer is trained once, about 6 minutes, and cached under data/).
+# scorer is trained once, 6-11 minutes, and cached under data/).
 # Rerunning resumes from the last checkpoint in $WORKDIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
